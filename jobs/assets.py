@@ -74,6 +74,13 @@ def build_tiny_qwen2_audio(out: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(cfg).to(torch.bfloat16)
     model.generation_config.eos_token_id = eos
+    # Random weights pick special tokens (which decode to nothing) and lone bytes of multi-byte characters
+    # (which the detokenizer holds back). Zero logits for those let a printable ASCII token win every step,
+    # so captions are visible text of max_tokens length.
+    hidden = [i for i in range(len(tok)) if not (tok.decode([i]).isascii() and tok.decode([i]).isprintable())]
+    hidden += tok.convert_tokens_to_ids(SPECIALS)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[hidden] = 0
     model.save_pretrained(tmp)
     # transformers 5 saves the text model as language_model.model.model.*; vLLM loads language_model.model.*.
     weights = os.path.join(tmp, "model.safetensors")

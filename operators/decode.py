@@ -11,7 +11,7 @@ import io
 import numpy as np
 import pyarrow as pa
 
-from operators.stage import Stage, audio_column, errors, put
+from operators.stage import Stage, actors, audio_column, errors, put
 
 
 class DecodeError(Exception):
@@ -120,6 +120,6 @@ def apply(ds, cfg, spec):
                                    long_audio=cfg.decode.long_audio, max_duration_s=cfg.decode.max_duration_s),
         batch_format="pyarrow",
         batch_size=cfg.decode.batch_size,
-        concurrency=cfg.decode.concurrency,
+        compute=actors(cfg.decode.concurrency),
         num_cpus=cfg.decode.num_cpus,
     )

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from operators.models import ModelSpec
-from operators.stage import Stage, audio_arrays, errors, put
+from operators.stage import Stage, actors, audio_arrays, errors, put
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,8 @@ def apply(ds, cfg, spec: ModelSpec, column: str):
                                    engine_args=engine_args(cfg, spec)),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
-        concurrency=cfg.engine.replicas,
+        compute=actors(cfg.engine.replicas, cfg.engine.max_inflight_batches),
         num_gpus=cfg.engine.num_gpus,
         num_cpus=cfg.engine.num_cpus,
-        max_concurrency=cfg.engine.max_inflight_batches,
         runtime_env={"env_vars": dict(cfg.engine.env)} if cfg.engine.env else None,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from operators.models import ModelSpec
-from operators.stage import LIGHT_CPUS, Stage, put
+from operators.stage import LIGHT_CPUS, Stage, actors, put
 
 
 def conversation(system: str | None, instruction: str, n_audio: int = 1) -> list[dict]:
@@ -52,6 +52,6 @@ def apply(ds, cfg, spec: ModelSpec):
                                    instruction=cfg.prompt.instruction),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
-        concurrency=1,
+        compute=actors(1),
         num_cpus=LIGHT_CPUS,
     )

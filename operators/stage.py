@@ -48,6 +48,13 @@ class Stage:
         self.teardown()
 
 
+def actors(size: int, calls_per_actor: int | None = None):
+    """A fixed pool of `size` actors, each running up to `calls_per_actor` batches at once (async UDFs)."""
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls_per_actor)
+
+
 def put(table: pa.Table, **columns: Any) -> pa.Table:
     """Set (add or replace) columns; values are Arrow arrays or Python/numpy sequences."""
     for name, values in columns.items():

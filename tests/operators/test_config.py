@@ -1,0 +1,52 @@
+import pytest
+
+from operators import config
+
+DEMO = "configs/caption-demo.yaml"
+
+
+def test_demo_config_loads(assets):
+    cfg = config.load(DEMO)
+    assert cfg.model.family == "qwen2-audio"
+    assert cfg.engine.num_gpus == 0
+
+
+def test_overrides_set_nested_keys_with_yaml_types(assets):
+    cfg = config.load(DEMO, ["sampling.max_tokens=128", "engine.tensor_parallel_size=2", "engine.enforce_eager=false",
+                             "sampling.stop=[a, b]"])
+    assert cfg.sampling.max_tokens == 128
+    assert cfg.engine.tensor_parallel_size == 2
+    assert cfg.engine.enforce_eager is False
+    assert cfg.sampling.stop == ["a", "b"]
+
+
+def test_input_output_flags_override_config(assets, tmp_path):
+    cfg = config.load(DEMO, input=assets["manifest"], output=str(tmp_path / "o"))
+    assert cfg.output == str(tmp_path / "o")
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("engine.bogus=1", "engine.bogus: unknown key; allowed here: engine.replicas"),
+    ("sampling.max_tokens=many", "sampling.max_tokens: Input should be a valid integer"),
+    ("sampling.temperature=-1", "sampling.temperature: Input should be greater than or equal to 0"),
+    ("decode.long_audio=drop", "decode.long_audio: Input should be 'split' or 'error'"),
+    ("model.family=gpt", "model.family: Value error, unknown family 'gpt'; known: qwen2-audio"),
+    ("nonsense", "expected key=value"),
+])
+def test_bad_keys_name_the_key_and_what_is_allowed(assets, override, expect):
+    with pytest.raises(config.ConfigError, match=None) as e:
+        config.load(DEMO, [override])
+    assert expect in str(e.value)
+
+
+def test_missing_files_fail_fast(assets):
+    with pytest.raises(config.ConfigError, match="input: no manifest matches"):
+        config.load(DEMO, input="/nonexistent/*.jsonl")
+    with pytest.raises(config.ConfigError, match="model.path: no checkpoint folder"):
+        config.load(DEMO, ["model.path=./no/such/model"])
+    with pytest.raises(config.ConfigError, match="--config: no such file"):
+        config.load("configs/nope.yaml")
+
+
+def test_hub_ids_are_accepted_without_a_local_folder(assets):
+    assert config.load(DEMO, ["model.path=Qwen/Qwen2-Audio-7B-Instruct"]).model.path == "Qwen/Qwen2-Audio-7B-Instruct"
