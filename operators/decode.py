@@ -62,10 +62,25 @@ def load(uri: str, sample_rate: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(mono, dtype=np.float32), duration
 
 
-def windows(n: int, sample_rate: int, window_s: float) -> list[tuple[int, int]]:
-    """[start, end) sample ranges covering n samples in windows of window_s seconds."""
-    size = int(round(window_s * sample_rate))
-    return [(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
+FRAME_S = 0.02
+
+
+def windows(wave: np.ndarray, sample_rate: int, window_s: float, search_s: float) -> list[tuple[int, int]]:
+    """[start, end) sample ranges covering `wave` in windows of at most `window_s` seconds, each cut at the
+    middle of the quietest 20 ms frame within its last `search_s` seconds (hard cuts when 0)."""
+    n, size = len(wave), int(round(window_s * sample_rate))
+    frame, search = max(int(FRAME_S * sample_rate), 1), int(search_s * sample_rate)
+    spans, start = [], 0
+    while n - start > size:
+        cut = start + size
+        if search >= frame:
+            tail = wave[cut - search:cut]
+            energy = np.square(tail[:len(tail) // frame * frame].reshape(-1, frame)).mean(axis=1)
+            cut = cut - search + int(energy.argmin()) * frame + frame // 2
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, n))
+    return spans
 
 
 class Decode(Stage):
@@ -77,13 +92,14 @@ class Decode(Stage):
         self.window_s: float = self.cfg["window_s"]
         self.long_audio: str = self.cfg["long_audio"]
         self.max_duration_s: float = self.cfg["max_duration_s"]
+        self.cut_search_s: float = self.cfg["cut_search_s"]
 
     def _segments(self, uri: str) -> tuple[list, float]:
         wave, duration = load(uri, self.rate)
         if duration > self.max_duration_s:
             raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds decode.max_duration_s="
                                                f"{self.max_duration_s:g}")
-        spans = windows(len(wave), self.rate, self.window_s)
+        spans = windows(wave, self.rate, self.window_s, self.cut_search_s)
         if len(spans) > 1 and self.long_audio == "error":
             raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds the model's {self.window_s:g} s window "
                                                "(set decode.long_audio=split to cut it into windows)")
@@ -117,7 +133,8 @@ def apply(ds, cfg, spec):
     return ds.map_batches(
         Decode,
         fn_constructor_kwargs=dict(sample_rate=spec.sample_rate, window_s=spec.window_s,
-                                   long_audio=cfg.decode.long_audio, max_duration_s=cfg.decode.max_duration_s),
+                                   long_audio=cfg.decode.long_audio, max_duration_s=cfg.decode.max_duration_s,
+                                   cut_search_s=cfg.decode.cut_search_s),
         batch_format="pyarrow",
         batch_size=cfg.decode.batch_size,
         compute=actors(cfg.decode.concurrency),

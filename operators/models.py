@@ -33,6 +33,23 @@ MODELS: dict[str, ModelSpec] = {
         default_system="You are a helpful assistant.",
         engine_args={"limit_mm_per_prompt": {"audio": 1}, "max_model_len": 4096},
     ),
+    # Whisper, English-only checkpoints (tiny.en ... medium.en): no language or task tokens. vLLM's default
+    # decoder prompt adds <|en|><|transcribe|>, which these models answer with end-of-text at once.
+    "whisper-en": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        prompt_format="fixed",
+        fixed_prompt="<|startoftranscript|><|notimestamps|>",
+        engine_args={"limit_mm_per_prompt": {"audio": 1}, "max_model_len": 448},
+    ),
+    # Whisper, multilingual checkpoints (large-v3, turbo), transcribing English.
+    "whisper": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        prompt_format="fixed",
+        fixed_prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>",
+        engine_args={"limit_mm_per_prompt": {"audio": 1}, "max_model_len": 448},
+    ),
 }
 
 

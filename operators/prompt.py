@@ -41,7 +41,7 @@ class Prompt(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        return put(batch, prompt=pa.array([self.cfg["instruction"]] * n, pa.string()),
+        return put(batch, prompt=pa.array([self.cfg["instruction"] or self.text] * n, pa.string()),
                    prompt_text=pa.array([self.text] * n, pa.string()))
 
 

@@ -36,13 +36,26 @@ def test_stereo_is_averaged(tmp_path):
     assert np.allclose(wave, 0.25)
 
 
-def test_windows_cover_every_sample():
-    assert windows(16000 * 65, 16000, 30.0) == [(0, 480000), (480000, 960000), (960000, 1040000)]
-    assert windows(100, 16000, 30.0) == [(0, 100)]
+def test_hard_windows_cover_every_sample():
+    wave = np.ones(16000 * 65, np.float32)
+    assert windows(wave, 16000, 30.0, 0) == [(0, 480000), (480000, 960000), (960000, 1040000)]
+    assert windows(wave[:100], 16000, 30.0, 0) == [(0, 100)]
+    assert windows(wave[:0], 16000, 30.0, 5.0) == [(0, 0)]
+
+
+def test_windows_cut_at_the_quietest_point_near_the_end():
+    rate = 1000
+    wave = np.ones(rate * 70, np.float32)
+    wave[27_000:27_100] = 0  # a pause 3 s before the first window's end
+    spans = windows(wave, rate, 30.0, 5.0)
+    assert spans[0] == (0, 27_010)  # middle of the first silent 20 ms frame
+    assert spans[1][0] == 27_010 and spans[-1][1] == len(wave)
+    assert all(b - a <= 30 * rate for a, b in spans)
+    assert all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
 
 
 def _decode(**kw):
-    cfg = dict(sample_rate=16000, window_s=30.0, long_audio="split", max_duration_s=3600.0) | kw
+    cfg = dict(sample_rate=16000, window_s=30.0, long_audio="split", max_duration_s=3600.0, cut_search_s=0.0) | kw
     return Decode(**cfg)
 
 
