@@ -30,6 +30,13 @@ def read_ct2(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Variables and aliases of a CTranslate2 model.bin (binary version >= 4, little endian)."""
     with open(path, "rb") as f:
         buf = f.read()
+    try:
+        return _parse(buf, path)
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: truncated or corrupt CTranslate2 file ({e})") from None
+
+
+def _parse(buf: bytes, path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     pos = 0
 
     def take(fmt: str):
