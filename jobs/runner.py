@@ -3,7 +3,8 @@
     python -m jobs.<job> --config configs/<job>.yaml [--input URI] [--output URI] [--fresh] [key=value ...]
 
 A job module supplies `build(ds, cfg, spec)`, the stages between reading manifests and writing parquet,
-and the name of its output column.
+and the name of its output column. A rerun with the same output resumes: input rows already committed
+there are skipped. `--fresh` deletes the output first.
 """
 from __future__ import annotations
 
@@ -25,29 +26,34 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     ap.add_argument("--config", required=True, help="YAML config, e.g. configs/caption.yaml")
     ap.add_argument("--input", help="manifest path, glob or URI (overrides `input`)")
     ap.add_argument("--output", help="output folder or URI (overrides `output`)")
-    ap.add_argument("--fresh", action="store_true", help="delete what the output folder holds and start over")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete what the output folder holds and start over (default: resume)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.max_tokens=128")
     return ap.parse_args(argv)
 
 
 def prepare_output(output: str, fresh: bool) -> None:
-    """Refuse to mix two runs in one folder unless --fresh says to clear it."""
+    """Clear the output for --fresh; otherwise only the markers of a finished run, which this run rewrites."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(output)
-    if fs.exists(root) and fs.ls(root):
-        if not fresh:
-            raise config_mod.ConfigError(f"output: {output} is not empty; pass --fresh to replace what it holds, "
-                                         "or choose another --output")
+    if not fs.exists(root):
+        return
+    if fresh:
         fs.rm(root, recursive=True)
+        return
+    for name in (write.SUCCESS, write.SUMMARY):
+        if fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}")
 
 
 def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
-    """Run one job to completion and return its summary."""
+    """Run one job to completion (or resume it) and return its summary."""
     import ray
 
     spec = model_spec(cfg.model.family)
     prepare_output(cfg.output, fresh)
+    done = write.done_rows(write.committed(cfg.output)[0])
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
@@ -55,20 +61,41 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
     manifests = read.expand(cfg.input)
     count = ray.remote(num_cpus=LIGHT_CPUS)(read.count_rows)
     rows_in = sum(ray.get([count.remote(m) for m in manifests]))
-    ds = build(read.read(manifests), cfg, spec)
-    write.write(write.apply(ds, cfg, column, run_id, started), cfg.output)
-    wall = time.time() - t0
-    return write.summarize(cfg.output, rows_in, {"run_id": run_id, "model": cfg.model.path,
-                                                 "wall_s": round(wall, 2)})
+    resumed = sum(map(len, done.values()))
+    written = 0
+    if resumed < rows_in:  # else all is committed: no engine to start
+        ds = write.apply(build(read.read(manifests, done), cfg, spec), cfg, column, run_id, started)
+        written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
+    extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
+             "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}
+    return write.summarize(cfg.output, rows_in, extra)
+
+
+def verdict(summary: dict, cfg) -> str | None:
+    """Why the run must fail (rows lost or doubled, too many errors), or None."""
+    if summary["rows_out"] != summary["rows_in"]:
+        return f"{summary['rows_in']} rows in but {summary['rows_out']} out"
+    if summary["duplicate_rows"]:
+        return f"{summary['duplicate_rows']} output rows appear twice"
+    n = max(summary["output_rows"], 1)
+    engine = sum(v for k, v in summary["errors_by_kind"].items() if k.startswith("generate/"))
+    limits = [(engine, cfg.errors.max_engine_error_pct, "engine"),
+              (summary["rows_error"] - engine, cfg.errors.max_input_error_pct, "input")]
+    for count, limit, what in limits:
+        if limit is not None and 100 * count / n > limit:
+            return (f"{100 * count / n:.1f} % of rows have {what} errors, over errors.max_{what}_error_pct="
+                    f"{limit:g}")
+    return None
 
 
 def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
     import fsspec
     import pyarrow.dataset as pads
 
-    rate = summary["output_rows"] / summary["wall_s"] if summary["wall_s"] else 0.0
+    rate = summary["output_rows_this_run"] / summary["wall_s"] if summary["wall_s"] else 0.0
     print(f"rows in {summary['rows_in']}  rows out {summary['rows_out']}  ok {summary['rows_ok']}  "
-          f"errors {summary['rows_error']}  {rate:.2f} clips/s  wall {summary['wall_s']:.1f} s")
+          f"errors {summary['rows_error']}  resumed {summary['rows_resumed']}  {rate:.2f} clips/s  "
+          f"wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
     print(f"output: {output}")
@@ -94,7 +121,8 @@ def main(build: Callable, column: str, doc: str, argv: list[str] | None = None) 
         print(f"config error: {e}", file=sys.stderr)
         return 2
     report(summary, cfg.output, column)
-    if summary["rows_out"] != summary["rows_in"]:
-        print(f"FAILED: {summary['rows_in']} rows in but {summary['rows_out']} out", file=sys.stderr)
+    failure = verdict(summary, cfg)
+    if failure:
+        print(f"FAILED: {failure}", file=sys.stderr)
         return 1
     return 0

@@ -66,6 +66,8 @@ class EngineCfg(_Strict):
     dtype: str = "auto"
     max_num_seqs: int | None = Field(None, ge=1)
     seed: int = 0
+    # Times a row is retried on a fresh engine after the engine died under it.
+    max_retries: int = Field(2, ge=0)
     env: dict[str, str] = Field(default_factory=dict)  # environment of the engine actors
     args: dict[str, Any] = Field(default_factory=dict)  # further vLLM engine arguments, passed as is
 
@@ -81,6 +83,18 @@ class SamplingCfg(_Strict):
     stop: list[str] = Field(default_factory=list)
 
 
+class WriteCfg(_Strict):
+    # Rows per committed parquet file: the unit of progress a killed run keeps.
+    rows_per_file: int = Field(1000, ge=1)
+
+
+class ErrorsCfg(_Strict):
+    # Fail the job (non-zero exit) when more than this percentage of output rows have such errors.
+    # Bad inputs never fail it by default (null); engine errors mean something is wrong with the run.
+    max_input_error_pct: float | None = Field(None, ge=0, le=100)
+    max_engine_error_pct: float | None = Field(5.0, ge=0, le=100)
+
+
 class JobCfg(_Strict):
     input: Union[str, list[str]]
     output: str
@@ -89,6 +103,8 @@ class JobCfg(_Strict):
     decode: DecodeCfg = Field(default_factory=DecodeCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    write: WriteCfg = Field(default_factory=WriteCfg)
+    errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -38,6 +38,15 @@ def fetch(uri: str) -> bytes:
     return data
 
 
+def _riff_size(data: bytes) -> int:
+    return int.from_bytes(data[4:8], "little") + 8
+
+
+def _riff_short(data: bytes) -> bool:
+    """A WAV whose RIFF header declares more bytes than the file has (libsndfile reads such files silently)."""
+    return data[:4] == b"RIFF" and data[8:12] == b"WAVE" and _riff_size(data) > len(data)
+
+
 def load(uri: str, sample_rate: int) -> tuple[np.ndarray, float]:
     """Mono float32 at `sample_rate` and the source duration in seconds."""
     import soundfile as sf
@@ -53,6 +62,11 @@ def load(uri: str, sample_rate: int) -> tuple[np.ndarray, float]:
         raise DecodeError("corrupt", uri, f"{type(e).__name__}: {e}") from None
     if x.shape[0] == 0:
         raise DecodeError("no_samples", uri, "decoded to zero samples")
+    declared = sf.info(io.BytesIO(data)).frames
+    if x.shape[0] < 0.99 * declared or _riff_short(data):
+        raise DecodeError("truncated", uri, f"file ends early: {x.shape[0]} of {declared} frames decoded"
+                          if x.shape[0] < 0.99 * declared else f"file ends early: {len(data)} bytes, the WAV "
+                          f"header declares {_riff_size(data)}")
     if not np.isfinite(x).all():
         raise DecodeError("nan", uri, "samples contain NaN or inf")
     duration = x.shape[0] / rate
@@ -83,9 +97,14 @@ def windows(wave: np.ndarray, sample_rate: int, window_s: float, search_s: float
     return spans
 
 
+# Peak amplitude under which a clip is flagged as silent (-80 dBFS): kept, but marked in `warning`.
+SILENCE_PEAK = 1e-4
+
+
 class Decode(Stage):
     reads = ("audio",)
-    writes = ("waveform", "duration_s", "segment", "segment_start_s", "segment_end_s", "error")
+    writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "warning",
+              "error")
 
     def setup(self) -> None:
         self.rate: int = self.cfg["sample_rate"]
@@ -106,26 +125,31 @@ class Decode(Stage):
         return [(wave[a:b], a / self.rate, b / self.rate) for a, b in spans], duration
 
     def process(self, batch: pa.Table) -> pa.Table:
-        take, waves, durations, segment, starts, ends, errs = [], [], [], [], [], [], []
+        take, waves, durations, segment, segments, starts, ends, warns, errs = ([] for _ in range(9))
         for i, (uri, err) in enumerate(zip(batch.column("audio").to_pylist(), errors(batch))):
-            segs, duration = [], None
+            segs, duration, warn = [], None, None
             if err is None:
                 try:
                     segs, duration = self._segments(uri)
                 except DecodeError as e:
                     err = str(e)
+            if segs and max(float(np.abs(w).max()) for w, _, _ in segs) < SILENCE_PEAK:
+                warn = f"decode/silent: {uri}: peak amplitude below {SILENCE_PEAK:g}"
             for k, (wave, start, end) in enumerate(segs or [(None, None, None)]):
                 take.append(i)
                 waves.append(wave)
                 durations.append(duration)
                 segment.append(k)
+                segments.append(max(len(segs), 1))
                 starts.append(start)
                 ends.append(end)
+                warns.append(warn)
                 errs.append(err)
         out = batch.take(pa.array(take, pa.int64()))
         return put(out, waveform=audio_column(waves), duration_s=pa.array(durations, pa.float64()),
-                   segment=pa.array(segment, pa.int32()), segment_start_s=pa.array(starts, pa.float64()),
-                   segment_end_s=pa.array(ends, pa.float64()), error=pa.array(errs, pa.string()))
+                   segment=pa.array(segment, pa.int32()), segments=pa.array(segments, pa.int32()),
+                   segment_start_s=pa.array(starts, pa.float64()), segment_end_s=pa.array(ends, pa.float64()),
+                   warning=pa.array(warns, pa.string()), error=pa.array(errs, pa.string()))
 
 
 def apply(ds, cfg, spec):

@@ -2,15 +2,18 @@
 
 Like Ray Data LLM's engine stage, the UDF is async: each actor accepts several batches at once
 (`engine.max_inflight_batches`) and submits every row as its own request to vLLM's async engine, so the
-scheduler always has work queued while Ray hands over the next batch. Errors are caught per row; a dead
-engine (EngineDeadError) exits the actor so that Ray restarts it with a fresh engine and retries the
-batch, instead of failing every later batch sent to a broken actor.
+scheduler always has work queued while Ray hands over the next batch. Errors are caught per row.
+
+A dead engine (its engine-core process killed, out of memory, crashed) is replaced in place and the rows
+it held are retried, up to `engine.max_retries` times each; a row that still fails becomes an error row.
+If the actor process itself dies, Ray Data restarts the actor and retries its batches (its actor pools
+default to unlimited restarts and task retries); nothing was written for those rows yet, so none is
+lost or doubled.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from typing import Any
 
@@ -47,11 +50,17 @@ class Generate(Stage):
         import vllm
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        self.vllm = vllm
         self.fatal = (EngineDeadError,)
         self.column: str = self.cfg["column"]
         self.rate: int = self.cfg["sample_rate"]
+        self.max_retries: int = self.cfg["max_retries"]
         self.sampling = vllm.SamplingParams(**self.cfg["sampling"])
-        self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**self.cfg["engine_args"]))
+        self.engine = self._start()
+        self.restart_lock = asyncio.Lock()
+
+    def _start(self):
+        return self.vllm.AsyncLLMEngine.from_engine_args(self.vllm.AsyncEngineArgs(**self.cfg["engine_args"]))
 
     def teardown(self) -> None:
         # Without it the engine-core process outlives the actor.
@@ -59,12 +68,30 @@ class Generate(Stage):
             self.engine.shutdown()
             self.engine = None
 
+    async def _restart(self, dead) -> None:
+        """Replace a dead engine once, however many of its requests noticed."""
+        async with self.restart_lock:
+            if self.engine is dead:
+                log.error("vLLM engine died; starting a new one and retrying its rows")
+                try:
+                    dead.shutdown()
+                except Exception:  # noqa: BLE001 - it is dead already; only its leftovers are at stake
+                    pass
+                self.engine = await asyncio.to_thread(self._start)
+
     async def _one(self, prompt: str, wave) -> tuple[str, int, int]:
         request = {"prompt": prompt, "multi_modal_data": {"audio": [(wave, self.rate)]}}
-        final = None
-        async for out in self.engine.generate(request, self.sampling, uuid.uuid4().hex):
-            final = out
-        return final.outputs[0].text.strip(), len(final.prompt_token_ids), len(final.outputs[0].token_ids)
+        for attempt in range(self.max_retries + 1):
+            engine, final = self.engine, None
+            try:
+                async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
+                    final = out
+                return final.outputs[0].text.strip(), len(final.prompt_token_ids), len(final.outputs[0].token_ids)
+            except self.fatal:
+                if attempt == self.max_retries:
+                    raise
+                await self._restart(engine)
+        raise AssertionError("unreachable")
 
     async def _safe(self, prompt: str, wave, err: str | None, uri: str):
         if err is not None:
@@ -73,10 +100,11 @@ class Generate(Stage):
             text, n_in, n_out = await self._one(prompt, wave)
             return text, n_in, n_out, None
         except self.fatal as e:
-            log.error("vLLM engine died (%s); exiting the actor so Ray restarts it and retries the batch", e)
-            os._exit(1)
+            kind, why = "engine_dead", f"engine died {self.max_retries + 1} times on this row: {e}"
         except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
-            return None, None, None, f"generate/engine: {uri}: {type(e).__name__}: {e}"
+            kind = "too_long" if "maximum model length" in str(e) else "engine"
+            why = f"{type(e).__name__}: {e}"
+        return None, None, None, f"generate/{kind}: {uri}: {why}"
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
@@ -92,7 +120,7 @@ def apply(ds, cfg, spec: ModelSpec, column: str):
     return ds.map_batches(
         Generate,
         fn_constructor_kwargs=dict(column=column, sample_rate=spec.sample_rate, sampling=sampling_args(cfg),
-                                   engine_args=engine_args(cfg, spec)),
+                                   engine_args=engine_args(cfg, spec), max_retries=cfg.engine.max_retries),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(cfg.engine.replicas, cfg.engine.max_inflight_batches),

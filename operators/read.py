@@ -72,9 +72,9 @@ def _row(manifest: str, index: int, rec: object, error: str | None = None) -> di
     }
 
 
-def _jsonl_rows(manifest: str, f) -> Iterator[dict]:
+def _jsonl_rows(manifest: str, f, skip: set[int]) -> Iterator[dict]:
     for i, line in enumerate(f):
-        if not line.strip():
+        if i in skip or not line.strip():
             continue
         try:
             rec = json.loads(line)
@@ -84,13 +84,14 @@ def _jsonl_rows(manifest: str, f) -> Iterator[dict]:
         yield _row(manifest, i, rec)
 
 
-def _parquet_rows(manifest: str, f) -> Iterator[dict]:
+def _parquet_rows(manifest: str, f, skip: set[int]) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     index = 0
     for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BATCH):
         for rec in batch.to_pylist():
-            yield _row(manifest, index, rec)
+            if index not in skip:
+                yield _row(manifest, index, rec)
             index += 1
 
 
@@ -108,14 +109,14 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.table({k: _column([r.get(k) for r in rows]) for k in keys})
 
 
-def read_manifest(manifest: str) -> Iterator[pa.Table]:
-    """Rows of one manifest in batches of ROWS_PER_BATCH."""
+def read_manifest(manifest: str, skip: set[int] = frozenset()) -> Iterator[pa.Table]:
+    """Rows of one manifest in batches of ROWS_PER_BATCH, leaving out the positions in `skip`."""
     import fsspec
 
     parse = _jsonl_rows if format_of(manifest) == "jsonl" else _parquet_rows
     with fsspec.open(manifest, "rt" if parse is _jsonl_rows else "rb") as f:
         rows: list[dict] = []
-        for rec in parse(manifest, f):
+        for rec in parse(manifest, f, skip):
             rows.append(rec)
             if len(rows) == ROWS_PER_BATCH:
                 yield to_table(rows)
@@ -125,18 +126,20 @@ def read_manifest(manifest: str) -> Iterator[pa.Table]:
 
 
 def read_batches(batch: pa.Table) -> Iterator[pa.Table]:
-    """Ray Data UDF: a batch of manifest URIs in, their rows out (a generator, so memory stays bounded)."""
-    for manifest in batch.column("manifest").to_pylist():
-        yield from read_manifest(manifest)
+    """Ray Data UDF: manifest URIs (and rows already done) in, their rows out, as a generator so that
+    memory stays bounded."""
+    for manifest, done in zip(batch.column("manifest").to_pylist(), batch.column("done").to_pylist()):
+        yield from read_manifest(manifest, set(done))
 
 
-def read(spec: str | list[str]):
-    """The manifest rows of `spec` as a Ray Dataset."""
+def read(manifests: list[str], done: dict[str, list[int]] | None = None):
+    """The manifest rows as a Ray Dataset, without the rows `done` lists per manifest (resume)."""
     import ray
 
-    files = expand(spec)
-    return ray.data.from_items([{"manifest": f} for f in files]).map_batches(
-        read_batches, batch_size=1, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    done = done or {}
+    items = [{"manifest": m, "done": done.get(m, [])} for m in manifests]
+    return ray.data.from_items(items).map_batches(read_batches, batch_size=1, batch_format="pyarrow",
+                                                  num_cpus=LIGHT_CPUS)
 
 
 def count_rows(manifest: str) -> int:

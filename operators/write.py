@@ -1,12 +1,15 @@
-"""Write the results as parquet, then the run summary and the `_SUCCESS` marker, last.
+"""Write results as parquet files committed atomically, find what earlier runs committed, and summarize.
 
-Output rows lead with the columns users query (id, audio, result, error, provenance); the input row's
-own columns follow unchanged; internal working columns (waveform, rendered prompt) are dropped.
+Each batch becomes one file: written under a dot-name, then renamed (on object stores the upload itself
+is atomic), so a file that exists under its final name is complete. A rerun reads the committed files'
+`(source_manifest, source_row, segment)` keys, deletes leftovers of a killed run, and skips every input
+row whose windows are all committed: nothing lost, nothing twice. `_summary.json` and `_SUCCESS` come last.
 """
 from __future__ import annotations
 
 import json
-from collections import Counter
+import uuid
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -14,12 +17,14 @@ import pyarrow as pa
 from operators.stage import LIGHT_CPUS, put
 
 DROP = ("waveform", "prompt_text")
-LEAD = ("id", "audio", "{column}", "error", "model", "prompt", "duration_s", "segment", "segment_start_s",
-        "segment_end_s", "sampling", "run_id", "created_at")
-SUMMARY, SUCCESS = "_summary.json", "_SUCCESS"
+LEAD = ("id", "audio", "{column}", "error", "warning", "model", "prompt", "duration_s", "segment", "segments",
+        "segment_start_s", "segment_end_s", "sampling", "run_id", "created_at")
+KEYS = ["source_manifest", "source_row", "segment", "segments"]
+SUMMARY, SUCCESS, PART = "_summary.json", "_SUCCESS", "part-"
 
 
 def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: str, created_at: datetime) -> pa.Table:
+    """Drop working columns, add provenance, put the columns users query first."""
     batch = batch.drop_columns([c for c in DROP if c in batch.column_names])
     n = batch.num_rows
     batch = put(batch, model=pa.array([model] * n, pa.string()), sampling=pa.array([sampling] * n, pa.string()),
@@ -30,15 +35,69 @@ def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: st
                         [c for c in batch.column_names if c not in lead])
 
 
+def commit(table: pa.Table, output: str, name: str) -> str:
+    """Write `table` to output/name so that the name only ever holds a complete file."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(output)
+    final, tmp = f"{root}/{name}", f"{root}/.{name}.tmp"
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f)
+    fs.mv(tmp, final)
+    return final
+
+
+def write_batch(batch: pa.Table, output: str, run_id: str, **provenance) -> pa.Table:
+    """Ray Data UDF: finalize one batch, commit it as one file, return what was written."""
+    table = finalize(batch, run_id=run_id, **provenance)
+    path = commit(table, output, f"{PART}{run_id}-{uuid.uuid4().hex[:12]}.parquet")
+    return pa.table({"file": [path], "rows": [table.num_rows]})
+
+
 def apply(ds, cfg, column: str, run_id: str, created_at: datetime):
     sampling = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
-    return ds.map_batches(finalize, fn_kwargs=dict(column=column, model=cfg.model.path, sampling=sampling,
-                                                   run_id=run_id, created_at=created_at),
-                          batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
+                                                      model=cfg.model.path, sampling=sampling,
+                                                      created_at=created_at),
+                          batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
 
-def write(ds, output: str) -> None:
-    ds.write_parquet(output, ray_remote_args={"num_cpus": LIGHT_CPUS})
+def committed(output: str, columns: list[str] = KEYS) -> tuple[pa.Table | None, list[str]]:
+    """The given columns of every committed part file, after deleting a killed run's leftovers."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(output)
+    if not fs.exists(root):
+        return None, []
+    tables, files = [], []
+    for path in sorted(fs.find(root)):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(".") and name.endswith(".tmp"):
+            fs.rm(path)  # an interrupted write
+        elif name.startswith(PART) and name.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f, columns=columns))
+            files.append(path)
+    return (pa.concat_tables(tables, promote_options="default") if tables else None), files
+
+
+def done_rows(table: pa.Table | None) -> dict[str, list[int]]:
+    """Input rows per manifest whose every window is committed."""
+    if table is None:
+        return {}
+    seen: dict[tuple[str, int], set[int]] = defaultdict(set)
+    total: dict[tuple[str, int], int] = {}
+    for m, r, s, n in zip(*(table.column(c).to_pylist() for c in KEYS)):
+        seen[(m, r)].add(s)
+        total[(m, r)] = n
+    out: dict[str, list[int]] = defaultdict(list)
+    for (m, r), segs in seen.items():
+        if len(segs) == total[(m, r)]:
+            out[m].append(r)
+    return {m: sorted(rows) for m, rows in out.items()}
 
 
 def error_kind(error: str) -> str:
@@ -47,28 +106,30 @@ def error_kind(error: str) -> str:
 
 
 def summarize(output: str, rows_in: int, extra: dict) -> dict:
-    """Count what was committed to `output` and write the summary and `_SUCCESS`, in that order."""
+    """Count what is committed in `output`, then write the summary and `_SUCCESS`, in that order."""
     import fsspec
-    import pyarrow.dataset as pads
 
-    fs, root = fsspec.core.url_to_fs(output)
-    files = [f for f in fs.find(root) if f.endswith(".parquet")]
-    table = pads.dataset(files, filesystem=fs, format="parquet").to_table(
-        columns=["source_manifest", "source_row", "error"]) if files else None
-    errs = table.column("error").to_pylist() if table is not None else []
-    sources = set(zip(table.column("source_manifest").to_pylist(), table.column("source_row").to_pylist())) \
-        if table is not None else set()
-    kinds = Counter(error_kind(e) for e in errs if e)
+    cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens"]
+    table, files = committed(output, cols)
+    rows = table.to_pylist() if table is not None else []
+    keys = Counter((r["source_manifest"], r["source_row"], r["segment"]) for r in rows)
+    kinds = Counter(error_kind(r["error"]) for r in rows if r["error"])
+    ok = [r for r in rows if r["error"] is None]
     summary = {
         "rows_in": rows_in,
-        "rows_out": len(sources),
-        "output_rows": len(errs),
-        "rows_ok": sum(e is None for e in errs),
+        "rows_out": sum(len(rs) for rs in done_rows(table).values()),
+        "output_rows": len(rows),
+        "duplicate_rows": sum(n - 1 for n in keys.values() if n > 1),
+        "rows_ok": len(ok),
         "rows_error": sum(kinds.values()),
         "errors_by_kind": dict(sorted(kinds.items())),
+        "audio_hours": round(sum(r["segment_end_s"] - r["segment_start_s"] for r in ok) / 3600, 6),
+        "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in ok),
+        "output_tokens": sum(r["output_tokens"] or 0 for r in ok),
         "files": len(files),
         **extra,
     }
+    fs, root = fsspec.core.url_to_fs(output)
     with fs.open(f"{root}/{SUMMARY}", "w") as f:
         json.dump(summary, f, indent=2)
     fs.touch(f"{root}/{SUCCESS}")

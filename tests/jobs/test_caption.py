@@ -110,6 +110,12 @@ def test_bad_config_fails_before_ray_starts(assets, tmp_path):
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
 
 
-def test_non_empty_output_needs_fresh(run):
-    proc = subprocess.run(CMD + ["--output", run["out"]], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "pass --fresh" in proc.stderr
+def test_rerun_on_a_finished_output_resumes_with_nothing_to_do(run):
+    files = sorted(os.listdir(run["out"]))
+    proc = subprocess.run(CMD + ["--output", run["out"]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(run["out"])) == files
+    with open(os.path.join(run["out"], "_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["rows_resumed"] == summary["rows_in"] == len(run["manifest"])
+    assert summary["output_rows_this_run"] == 0 and summary["duplicate_rows"] == 0
