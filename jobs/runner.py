@@ -18,7 +18,6 @@ from typing import Callable
 from operators import config as config_mod
 from operators import read, write
 from operators.models import spec as model_spec
-from operators.stage import LIGHT_CPUS
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
@@ -58,13 +57,12 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     t0 = time.time()
-    manifests = read.expand(cfg.input)
-    count = ray.remote(num_cpus=LIGHT_CPUS)(read.count_rows)
-    rows_in = sum(ray.get([count.remote(m) for m in manifests]))
+    chunk = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
+    chunks, rows_in = read.plan(read.expand(cfg.input), chunk, done)
     resumed = sum(map(len, done.values()))
     written = 0
-    if resumed < rows_in:  # else all is committed: no engine to start
-        ds = write.apply(build(read.read(manifests, done), cfg, spec), cfg, column, run_id, started)
+    if chunks:  # else all is committed: no engine to start
+        ds = write.apply(build(read.read(chunks), cfg, spec), cfg, column, run_id, started)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
     extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
              "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}

@@ -25,13 +25,16 @@ def fetch(uri: str) -> bytes:
     try:
         with fsspec.open(uri, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        # fsspec's HTTP filesystem reports a refused connection as FileNotFoundError, caused by the real error.
+        if e.__cause__ is not None:
+            raise DecodeError("unreachable", uri, f"{type(e.__cause__).__name__}: {e.__cause__}") from None
         raise DecodeError("missing", uri, "no such file") from None
     except PermissionError as e:
         raise DecodeError("permission", uri, f"permission denied ({e.strerror or e})") from None
     except IsADirectoryError:
         raise DecodeError("missing", uri, "is a directory, not a file") from None
-    except OSError as e:
+    except (OSError, ValueError, ImportError) as e:  # network, unknown protocol, protocol without its library
         raise DecodeError("unreachable", uri, f"{type(e).__name__}: {e}") from None
     if not data:
         raise DecodeError("empty", uri, "file is empty (0 bytes)")
@@ -133,6 +136,8 @@ class Decode(Stage):
                     segs, duration = self._segments(uri)
                 except DecodeError as e:
                     err = str(e)
+                except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
+                    err = f"decode/unexpected: {uri}: {type(e).__name__}: {e}"
             if segs and max(float(np.abs(w).max()) for w, _, _ in segs) < SILENCE_PEAK:
                 warn = f"decode/silent: {uri}: peak amplitude below {SILENCE_PEAK:g}"
             for k, (wave, start, end) in enumerate(segs or [(None, None, None)]):

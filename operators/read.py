@@ -17,7 +17,6 @@ from operators.stage import LIGHT_CPUS
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 WRITES = ("id", "audio", "error", "source_manifest", "source_row")
-ROWS_PER_BATCH = 1024
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -72,27 +71,34 @@ def _row(manifest: str, index: int, rec: object, error: str | None = None) -> di
     }
 
 
-def _jsonl_rows(manifest: str, f, skip: set[int]) -> Iterator[dict]:
-    for i, line in enumerate(f):
-        if i in skip or not line.strip():
+def _jsonl_rows(manifest: str, f, start: int, stop: int, skip: set[int]) -> Iterator[dict]:
+    """Lines start..stop of a jsonl file already positioned at line `start`; positions are line numbers."""
+    for i in range(start, stop):
+        raw = f.readline()
+        if i in skip or not raw.strip():
             continue
         try:
-            rec = json.loads(line)
-        except ValueError as e:
+            rec = json.loads(raw)
+        except ValueError as e:  # also bad UTF-8
             yield _row(manifest, i, None, f"read/bad_json: {manifest}:{i + 1}: {e}")
             continue
         yield _row(manifest, i, rec)
 
 
-def _parquet_rows(manifest: str, f, skip: set[int]) -> Iterator[dict]:
+def _parquet_rows(manifest: str, f, start: int, stop: int, skip: set[int]) -> Iterator[dict]:
+    """Rows start..stop of a parquet file, reading only the row groups that hold them."""
     import pyarrow.parquet as pq
 
-    index = 0
-    for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BATCH):
-        for rec in batch.to_pylist():
-            if index not in skip:
-                yield _row(manifest, index, rec)
-            index += 1
+    pf = pq.ParquetFile(f)
+    first = 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if first < stop and first + n > start:
+            for k, rec in enumerate(pf.read_row_group(g).to_pylist()):
+                index = first + k
+                if start <= index < stop and index not in skip:
+                    yield _row(manifest, index, rec)
+        first += n
 
 
 def _column(values: list) -> pa.Array:
@@ -109,47 +115,75 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.table({k: _column([r.get(k) for r in rows]) for k in keys})
 
 
-def read_manifest(manifest: str, skip: set[int] = frozenset()) -> Iterator[pa.Table]:
-    """Rows of one manifest in batches of ROWS_PER_BATCH, leaving out the positions in `skip`."""
+def read_chunk(manifest: str, start: int, stop: int, offset: int = 0, skip: set[int] = frozenset()) -> pa.Table | None:
+    """Rows at positions start..stop of one manifest (jsonl: from byte `offset`), leaving out `skip`."""
     import fsspec
 
-    parse = _jsonl_rows if format_of(manifest) == "jsonl" else _parquet_rows
-    with fsspec.open(manifest, "rt" if parse is _jsonl_rows else "rb") as f:
-        rows: list[dict] = []
-        for rec in parse(manifest, f, skip):
-            rows.append(rec)
-            if len(rows) == ROWS_PER_BATCH:
-                yield to_table(rows)
-                rows = []
-        if rows:
-            yield to_table(rows)
+    with fsspec.open(manifest, "rb") as f:
+        if format_of(manifest) == "jsonl":
+            f.seek(offset)
+            rows = list(_jsonl_rows(manifest, f, start, stop, skip))
+        else:
+            rows = list(_parquet_rows(manifest, f, start, stop, skip))
+    return to_table(rows) if rows else None
 
 
-def read_batches(batch: pa.Table) -> Iterator[pa.Table]:
-    """Ray Data UDF: manifest URIs (and rows already done) in, their rows out, as a generator so that
-    memory stays bounded."""
-    for manifest, done in zip(batch.column("manifest").to_pylist(), batch.column("done").to_pylist()):
-        yield from read_manifest(manifest, set(done))
+def index(manifest: str, chunk: int) -> list[dict]:
+    """One pass over a manifest: chunks of `chunk` positions with their byte offset and row count, so that
+    each read task seeks straight to its own chunk.
 
-
-def read(manifests: list[str], done: dict[str, list[int]] | None = None):
-    """The manifest rows as a Ray Dataset, without the rows `done` lists per manifest (resume)."""
-    import ray
-
-    done = done or {}
-    items = [{"manifest": m, "done": done.get(m, [])} for m in manifests]
-    return ray.data.from_items(items).map_batches(read_batches, batch_size=1, batch_format="pyarrow",
-                                                  num_cpus=LIGHT_CPUS)
-
-
-def count_rows(manifest: str) -> int:
-    """Input rows of one manifest, counted the way `read_manifest` yields them (blank lines skipped)."""
+    Chunks are what make the pipeline parallel and its progress steady: Ray Data gives each task's output
+    one block and hands an actor one task per block, so one big block would go through one decode actor
+    and one engine, and nothing would be committed until all of it was done."""
     import fsspec
 
     if format_of(manifest) == "parquet":
         import pyarrow.parquet as pq
 
         with fsspec.open(manifest, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    with fsspec.open(manifest, "rt") as f:
-        return sum(1 for line in f if line.strip())
+            n = pq.ParquetFile(f).metadata.num_rows
+        return [{"manifest": manifest, "start": s, "stop": min(s + chunk, n), "offset": 0, "rows": min(chunk, n - s)}
+                for s in range(0, n, chunk)]
+    chunks: list[dict] = []
+    pos = line = 0
+    with fsspec.open(manifest, "rb") as f:
+        for raw in f:
+            if line % chunk == 0:
+                chunks.append({"manifest": manifest, "start": line, "stop": line + chunk, "offset": pos, "rows": 0})
+            chunks[-1]["rows"] += bool(raw.strip())
+            pos += len(raw)
+            line += 1
+    if chunks:
+        chunks[-1]["stop"] = line
+    return chunks
+
+
+def plan(manifests: list[str], chunk: int, done: dict[str, list[int]]) -> tuple[list[dict], int]:
+    """Read tasks for the manifests (indexed in parallel as Ray tasks) minus finished chunks, and rows in."""
+    import ray
+
+    task = ray.remote(num_cpus=LIGHT_CPUS)(index)
+    chunks = [c for part in ray.get([task.remote(m, chunk) for m in manifests]) for c in part]
+    rows_in = sum(c["rows"] for c in chunks)
+    todo = []
+    for c in chunks:
+        rows = [r for r in done.get(c["manifest"], []) if c["start"] <= r < c["stop"]]
+        if len(rows) < c["rows"]:
+            todo.append({**c, "done": rows})
+    return todo, rows_in
+
+
+def read_batches(batch: pa.Table) -> Iterator[pa.Table]:
+    """Ray Data UDF: chunk descriptions in, their manifest rows out."""
+    for c in batch.to_pylist():
+        table = read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(c["done"]))
+        if table is not None:
+            yield table
+
+
+def read(chunks: list[dict]):
+    """The manifest rows of the planned chunks as a Ray Dataset, one block per chunk."""
+    import ray
+
+    return ray.data.from_items(chunks, override_num_blocks=max(len(chunks), 1)).map_batches(
+        read_batches, batch_size=1, batch_format="pyarrow", num_cpus=LIGHT_CPUS)

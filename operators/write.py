@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from operators.stage import LIGHT_CPUS, put
+from operators.stage import put
 
 DROP = ("waveform", "prompt_text")
 LEAD = ("id", "audio", "{column}", "error", "warning", "model", "prompt", "duration_s", "segment", "segments",
@@ -61,7 +61,9 @@ def apply(ds, cfg, column: str, run_id: str, created_at: datetime):
     return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
                                                       model=cfg.model.path, sampling=sampling,
                                                       created_at=created_at),
-                          batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+                          # No CPU reservation: commits must keep pace with the engine even on a box whose cores
+                          # the actors hold, or Ray Data defers them to the end and a crash loses everything.
+                          batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)
 
 
 def committed(output: str, columns: list[str] = KEYS) -> tuple[pa.Table | None, list[str]]:

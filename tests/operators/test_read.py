@@ -7,22 +7,31 @@ import pytest
 from operators import read
 
 
-def _rows(manifest):
-    return [r for t in read.read_manifest(manifest) for r in t.to_pylist()]
+def _rows(manifest, chunk=2, skip=()):
+    """All rows, read chunk by chunk as the read tasks do."""
+    out = []
+    for c in read.index(manifest, chunk):
+        t = read.read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(skip))
+        out += t.to_pylist() if t is not None else []
+    return out
+
+
+def _count(manifest, chunk=2):
+    return sum(c["rows"] for c in read.index(manifest, chunk))
 
 
 def test_jsonl_rows_keep_extra_columns_and_resolve_relative_audio(tmp_path):
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"id": 7, "audio": "a.wav", "lang": "en"}) + "\n\n" +
                  json.dumps({"audio": "/abs/b.flac", "meta": {"k": [1, 2]}}) + "\n")
-    rows = _rows(str(m))
+    rows = _rows(str(m), chunk=10)
     assert [r["id"] for r in rows][0] == "7"
     assert rows[0]["audio"] == f"{tmp_path}/a.wav"
     assert rows[0]["lang"] == "en" and rows[1]["lang"] is None
     assert rows[1]["audio"] == "/abs/b.flac" and rows[1]["meta"] == {"k": [1, 2]}
     assert all(r["error"] is None for r in rows)
     assert [r["source_row"] for r in rows] == [0, 2]  # positions are line numbers, blank lines skipped
-    assert read.count_rows(str(m)) == 2
+    assert _count(str(m)) == 2
 
 
 def test_derived_ids_are_stable_and_distinct(tmp_path):
@@ -53,13 +62,38 @@ def test_mixed_types_in_a_column_are_kept_as_json(tmp_path):
     assert [r["x"] for r in _rows(str(m))] == ["1", '"one"']
 
 
+def test_chunks_seek_to_their_lines_and_skip_done_rows(tmp_path):
+    m = tmp_path / "m.jsonl"
+    lines = [json.dumps({"id": f"r{i}", "audio": f"{i}.wav", "text": "é" * i}) for i in range(7)]
+    lines.insert(3, "")
+    m.write_text("\n".join(lines) + "\n")
+    chunks = read.index(str(m), 3)
+    assert [(c["start"], c["stop"], c["rows"]) for c in chunks] == [(0, 3, 3), (3, 6, 2), (6, 8, 2)]
+    assert [r["id"] for r in _rows(str(m), 3)] == [f"r{i}" for i in range(7)]
+    assert [r["id"] for r in _rows(str(m), 3, skip={0, 4, 7})] == ["r1", "r2", "r4", "r5"]
+
+
+def test_plan_leaves_out_finished_chunks(tmp_path, ray_local):
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps({"audio": f"{i}.wav"}) + "\n" for i in range(5)))
+    todo, rows_in = read.plan([str(m)], 2, {str(m): [0, 1, 2]})
+    assert rows_in == 5
+    assert [(c["start"], c["done"]) for c in todo] == [(2, [2]), (4, [])]
+
+
+def test_parquet_manifest_in_chunks_across_row_groups(tmp_path):
+    p = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"audio": [f"{i}.wav" for i in range(10)]}), p, row_group_size=4)
+    assert [r["source_row"] for r in _rows(str(p), 3)] == list(range(10))
+
+
 def test_parquet_manifest(tmp_path):
     p = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "audio": ["x.wav", "s3://b/y.wav"], "n": [1, 2]}), p)
     rows = _rows(str(p))
     assert [r["audio"] for r in rows] == [f"{tmp_path}/x.wav", "s3://b/y.wav"]
     assert [r["n"] for r in rows] == [1, 2]
-    assert read.count_rows(str(p)) == 2
+    assert _count(str(p)) == 2
 
 
 def test_expand_globs_lists_and_formats(tmp_path):

@@ -1,0 +1,123 @@
+"""Crashes and reruns through the real pipeline: kill -9 the driver and resume; kill the engine and
+its actor mid-run. Every input row must come out exactly once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
+# Small files and batches so that progress is committed in small steps; long outputs so that it is slow.
+SMALL = ["write.rows_per_file=3", "engine.batch_size=3", "decode.batch_size=3", "sampling.max_tokens=64",
+         "sampling.min_tokens=64"]
+
+
+def manifest(d, n):
+    rows = []
+    for i in range(n):
+        t = np.arange(16000) / 16000
+        sf.write(d / f"c{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t), 16000)
+        rows.append(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav"}))
+    (d / "m.jsonl").write_text("\n".join(rows) + "\n")
+    return str(d / "m.jsonl")
+
+
+def parts(out):
+    return sorted(f for f in os.listdir(out) if f.startswith("part-")) if os.path.isdir(out) else []
+
+
+def rows(out):
+    return [r for f in parts(out) for r in pq.read_table(os.path.join(out, f)).to_pylist()]
+
+
+def wait_for(predicate, timeout, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"job ended early with {proc.returncode}")
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def pids(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if int(p) != os.getpid()]
+
+
+def kill_all(pattern):
+    for pid in pids(pattern):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start(m, out, log):
+    return subprocess.Popen(CMD + ["--input", m, "--output", out, *SMALL], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_kill_driver_mid_run_then_resume_exactly_once(assets, tmp_path):
+    n = 120
+    m, out = manifest(tmp_path, n), str(tmp_path / "out")
+    with open(tmp_path / "run1.log", "w") as log:
+        proc = start(m, out, log)
+        wait_for(lambda: len(parts(out)) >= 1, 600, proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as in a crash
+        proc.wait()
+    # Ray workers fate-share with their driver; make sure none of the killed run can still commit.
+    wait_for(lambda: not pids("MapBatches"), 60)
+    kept = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in parts(out)}
+    done_before = {r["id"] for r in rows(out)}
+    assert 0 < len(done_before) < n, "the kill should land mid-run"
+    assert not os.path.exists(os.path.join(out, "_SUCCESS"))
+
+    proc = subprocess.run(CMD + ["--input", m, "--output", out, *SMALL], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = rows(out)
+    assert sorted(r["id"] for r in final) == sorted(f"c{i}" for i in range(n))  # each id exactly once
+    assert all(r["error"] is None for r in final)
+    for f, mtime in kept.items():  # committed files were kept, not rewritten
+        assert os.stat(os.path.join(out, f)).st_mtime_ns == mtime
+    with open(os.path.join(out, "_summary.json")) as f:
+        summary = json.load(f)
+    assert summary["rows_resumed"] == len(done_before)
+    assert summary["output_rows_this_run"] == n - len(done_before)  # nothing committed was generated again
+    assert summary["rows_in"] == summary["rows_out"] == n and summary["duplicate_rows"] == 0
+
+
+def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
+    n = 60
+    m, out = manifest(tmp_path, n), str(tmp_path / "out")
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start(m, out, log)
+        try:
+            wait_for(lambda: len(parts(out)) >= 1, 600, proc)
+            engines = pids("EngineCore")
+            assert engines, "no vLLM engine-core process found"
+            for pid in engines:
+                os.kill(pid, signal.SIGKILL)  # the engine dies under the actor: replaced in place
+            seen = len(parts(out))
+            wait_for(lambda: len(parts(out)) > seen, 600, proc)
+            actors = pids("MapBatches\\(Generate\\)")
+            assert actors, "no engine actor process found"
+            for pid in actors:
+                os.kill(pid, signal.SIGKILL)  # the actor dies: Ray restarts it and retries its batches
+            assert proc.wait(timeout=600) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            kill_all("EngineCore")
+    final = rows(out)
+    assert sorted(r["id"] for r in final) == sorted(f"c{i}" for i in range(n))
+    assert all(r["error"] is None and r["caption"] is not None for r in final)
+    log = open(tmp_path / "run.log").read()
+    assert f"rows in {n}  rows out {n}" in log
