@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Callable
 
+from jobs import report as report_mod
 from operators import config as config_mod
 from operators import read, write
 from operators.models import spec as model_spec
@@ -54,7 +55,8 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
     prepare_output(cfg.output, fresh)
     done = write.done_rows(write.committed(cfg.output)[0])
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    env = config_mod.storage_env(cfg)
+    ray.init(ignore_reinit_error=True, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     t0 = time.time()
     chunk = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
@@ -66,7 +68,10 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
     extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
              "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}
-    return write.summarize(cfg.output, rows_in, extra)
+    summary = write.summarize(cfg.output, rows_in, extra)
+    report_mod.draw(cfg.output, summary)
+    write.mark_success(cfg.output)
+    return summary
 
 
 def verdict(summary: dict, cfg) -> str | None:
@@ -96,7 +101,9 @@ def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
           f"wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
-    print(f"output: {output}")
+    print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
+          f"out {summary['output_tokens']}  ({summary['output_tokens'] / max(summary['wall_s'], 1e-9):.1f}/s)")
+    print(f"output: {output}  (report: {report_mod.REPORT}, summary: {write.SUMMARY})")
     fs, root = fsspec.core.url_to_fs(output)
     files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
     if files:

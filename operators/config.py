@@ -83,6 +83,13 @@ class SamplingCfg(_Strict):
     stop: list[str] = Field(default_factory=list)
 
 
+class StorageCfg(_Strict):
+    # S3-compatible stores (MinIO, R2, Ceph, ...). Credentials come from the standard AWS chain (environment,
+    # profile, instance role), never from this file.
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
 class WriteCfg(_Strict):
     # Rows per committed parquet file: the unit of progress a killed run keeps.
     rows_per_file: int = Field(1000, ge=1)
@@ -103,6 +110,7 @@ class JobCfg(_Strict):
     decode: DecodeCfg = Field(default_factory=DecodeCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
     errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
 
@@ -163,6 +171,8 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         cfg = JobCfg.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join("  " + _describe(x) for x in e.errors())) from None
+    # Before any listing: the driver's own fsspec calls need the endpoint too.
+    os.environ.update(storage_env(cfg))
     check_paths(cfg)
     spec = MODELS[cfg.model.family]
     if spec.prompt_format == "chat" and not cfg.prompt.instruction.strip():
@@ -171,6 +181,16 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     if cfg.decode.cut_search_s >= spec.window_s:
         raise ConfigError(f"decode.cut_search_s: must be shorter than the model's {spec.window_s:g} s window")
     return cfg
+
+
+def storage_env(cfg: JobCfg) -> dict[str, str]:
+    """Environment that points boto/s3fs at the configured store, for the driver and every Ray worker."""
+    env = {}
+    if cfg.storage.endpoint_url:
+        env["AWS_ENDPOINT_URL_S3"] = cfg.storage.endpoint_url
+    if cfg.storage.region:
+        env["AWS_DEFAULT_REGION"] = cfg.storage.region
+    return env
 
 
 def check_paths(cfg: JobCfg) -> None:

@@ -48,8 +48,9 @@ def resolve(audio: str, manifest: str) -> str:
     """Audio paths relative to the manifest resolve against the manifest's folder (portable bundles)."""
     if "://" in audio or audio.startswith("/"):
         return audio
-    base = manifest.rsplit("/", 1)[0] if "/" in manifest else "."
-    return f"{base}/{audio}"
+    proto, sep, path = manifest.rpartition("://")
+    folder = posixpath.dirname(path) or "."
+    return f"{proto}{sep}{posixpath.normpath(posixpath.join(folder, audio))}"
 
 
 def _row(manifest: str, index: int, rec: object, error: str | None = None) -> dict:

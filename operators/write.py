@@ -108,7 +108,7 @@ def error_kind(error: str) -> str:
 
 
 def summarize(output: str, rows_in: int, extra: dict) -> dict:
-    """Count what is committed in `output`, then write the summary and `_SUCCESS`, in that order."""
+    """Count what is committed in `output` and write `_summary.json`."""
     import fsspec
 
     cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens"]
@@ -134,8 +134,15 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
     fs, root = fsspec.core.url_to_fs(output)
     with fs.open(f"{root}/{SUMMARY}", "w") as f:
         json.dump(summary, f, indent=2)
-    fs.touch(f"{root}/{SUCCESS}")
     return summary
+
+
+def mark_success(output: str) -> None:
+    """Written last: the output is complete."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.touch(f"{root}/{SUCCESS}")
 
 
 def utcnow() -> datetime:

@@ -99,6 +99,10 @@ def test_summary_and_success_marker_are_written(run):
     assert summary["errors_by_kind"] == {"decode/missing": 1, "decode/not_audio": 1}
     assert summary["wall_s"] > 0
     assert f"rows in {n}  rows out {n}" in run["stdout"]
+    with open(os.path.join(run["out"], "_report.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    names = sorted(os.listdir(run["out"]), key=lambda n: os.stat(os.path.join(run["out"], n)).st_mtime_ns)
+    assert names[-1] == "_SUCCESS"  # written last
 
 
 def test_bad_config_fails_before_ray_starts(assets, tmp_path):
@@ -119,3 +123,18 @@ def test_rerun_on_a_finished_output_resumes_with_nothing_to_do(run):
         summary = json.load(f)
     assert summary["rows_resumed"] == summary["rows_in"] == len(run["manifest"])
     assert summary["output_rows_this_run"] == 0 and summary["duplicate_rows"] == 0
+
+
+def test_tensor_parallel_engine_gives_the_same_greedy_captions(run, tmp_path):
+    """TP=2 on this 2-core box: each vLLM worker bound to its own core. Slow, but the real sharded engine."""
+    out = str(tmp_path / "tp2")
+    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "engine.tensor_parallel_size=2",
+                                 "engine.env.VLLM_CPU_OMP_THREADS_BIND=0|1",
+                                 "engine.args.distributed_executor_backend=mp"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tp2 = {(r["id"], r["segment"]): r["caption"] for f in sorted(os.listdir(out)) if f.endswith(".parquet")
+           for r in pq.read_table(os.path.join(out, f)).to_pylist()}
+    tp1 = {(r["id"], r["segment"]): r["caption"] for r in run["rows"]}
+    assert tp2 == tp1
+    assert sum(c is not None for c in tp2.values()) >= 6

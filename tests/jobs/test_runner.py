@@ -66,7 +66,7 @@ def start(m, out, log):
 
 
 def test_kill_driver_mid_run_then_resume_exactly_once(assets, tmp_path):
-    n = 120
+    n = 60
     m, out = manifest(tmp_path, n), str(tmp_path / "out")
     with open(tmp_path / "run1.log", "w") as log:
         proc = start(m, out, log)

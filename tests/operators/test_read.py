@@ -106,3 +106,11 @@ def test_expand_globs_lists_and_formats(tmp_path):
     (tmp_path / "d.csv").write_text("")
     with pytest.raises(ValueError, match="unsupported manifest format"):
         read.expand(str(tmp_path / "d.csv"))
+
+
+def test_relative_audio_resolves_against_the_manifest_folder():
+    assert read.resolve("a.wav", "s3://b/manifests/m.jsonl") == "s3://b/manifests/a.wav"
+    assert read.resolve("../audio/a.wav", "s3://b/manifests/m.jsonl") == "s3://b/audio/a.wav"
+    assert read.resolve("x/a.wav", "/data/m.jsonl") == "/data/x/a.wav"
+    assert read.resolve("a.wav", "m.jsonl") == "a.wav"
+    assert read.resolve("gs://o/a.wav", "s3://b/m.jsonl") == "gs://o/a.wav"

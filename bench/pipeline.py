@@ -1,0 +1,110 @@
+"""Pipeline efficiency on CPU with the tiny model: clips/s of the whole caption job (Ray Data, decode
+actors, prompt stage, async engine actor, parquet commits) vs the same vLLM engine fed pre-decoded audio
+in one `LLM.generate` call (the ceiling). Same clips, same sampling (fixed max_tokens, ignore_eos).
+
+    python bench/pipeline.py [--clips 200] [--seconds 5] [--max-tokens 32]
+
+The job's rate is taken in steady state, from the first to the last committed file (engine start-up is
+excluded on both sides). Needs `make assets` first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DEMO = os.path.join(ROOT, "configs", "caption-demo.yaml")
+
+
+def make_clips(folder: str, n: int, seconds: float) -> str:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        t = np.arange(int(44100 * seconds)) / 44100
+        x = 0.2 * np.sin(2 * np.pi * (200 + 5 * i) * t) + 0.02 * rng.standard_normal(t.size)
+        sf.write(os.path.join(folder, f"c{i}.flac"), np.stack([x, 0.8 * x], axis=1), 44100)
+        rows.append(json.dumps({"id": f"c{i}", "audio": f"c{i}.flac"}))
+    with open(os.path.join(folder, "m.jsonl"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return os.path.join(folder, "m.jsonl")
+
+
+def pipeline(manifest: str, out: str, overrides: list[str]) -> float:
+    from jobs import caption
+    from jobs.runner import run
+    from operators import config
+
+    cfg = config.load(DEMO, overrides, input=manifest, output=out)
+    summary = run(cfg, caption.build, caption.COLUMN, fresh=True)
+    assert summary["rows_ok"] == summary["rows_in"], summary
+    files = [os.path.join(out, f) for f in os.listdir(out) if f.startswith("part-")]
+    stamps = sorted((os.stat(f).st_mtime, sf_rows(f)) for f in files)
+    rows_after_first = sum(n for _, n in stamps[1:])
+    return rows_after_first / (stamps[-1][0] - stamps[0][0])
+
+
+def sf_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def engine_only(manifest: str, overrides: list[str]) -> float:
+    from transformers import AutoProcessor
+    from vllm import LLM, SamplingParams
+
+    from operators import config
+    from operators.decode import load
+    from operators.generate import engine_args, sampling_args
+    from operators.models import spec
+    from operators.prompt import render
+
+    cfg = config.load(DEMO, overrides, input=manifest, output="unused")
+    os.environ.update(cfg.engine.env)
+    model = spec(cfg.model.family)
+    prompt = render(AutoProcessor.from_pretrained(cfg.model.path), model, cfg.prompt.system, cfg.prompt.instruction)
+    folder = os.path.dirname(manifest)
+    rows = [json.loads(line) for line in open(manifest)]
+    waves = [load(os.path.join(folder, r["audio"]), model.sample_rate)[0] for r in rows]
+    llm = LLM(**engine_args(cfg, model))
+    requests = [{"prompt": prompt, "multi_modal_data": {"audio": [(w, model.sample_rate)]}} for w in waves]
+    params = SamplingParams(**sampling_args(cfg))
+    llm.generate(requests[:4], params, use_tqdm=False)  # warm-up
+    t0 = time.time()
+    outs = llm.generate(requests, params, use_tqdm=False)
+    elapsed = time.time() - t0
+    assert all(len(o.outputs[0].token_ids) == cfg.sampling.max_tokens for o in outs)
+    return len(requests) / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    a = ap.parse_args()
+    overrides = [f"sampling.max_tokens={a.max_tokens}", "sampling.ignore_eos=true", "sampling.min_tokens=0",
+                 "write.rows_per_file=16", "engine.batch_size=16", "decode.batch_size=16"]
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = make_clips(folder, a.clips, a.seconds)
+        job = pipeline(manifest, os.path.join(folder, "out"), overrides)
+        import ray
+
+        ray.shutdown()
+        ceiling = engine_only(manifest, overrides)
+    print(f"clips {a.clips} x {a.seconds:g} s, {a.max_tokens} tokens each")
+    print(f"pipeline (steady state): {job:.2f} clips/s")
+    print(f"engine only, one generate call: {ceiling:.2f} clips/s")
+    print(f"RESULT pipeline_over_engine={job / ceiling:.2f} pipeline_clips_s={job:.2f} engine_clips_s={ceiling:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The run report: a PNG next to the output with throughput over time, the duration histogram and the
+error breakdown, drawn from what is committed (so it agrees with the parquet and `_summary.json`)."""
+from __future__ import annotations
+
+REPORT = "_report.png"
+
+
+def draw(output: str, summary: dict) -> str:
+    import io
+
+    import fsspec
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.parquet as pq
+
+    from operators.write import PART
+
+    fs, root = fsspec.core.url_to_fs(output)
+    commits, durations = [], []
+    for path in fs.find(root):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(PART) and name.endswith(".parquet"):
+            with fs.open(path, "rb") as f:
+                t = pq.read_table(f, columns=["duration_s", "segment"])
+            commits.append((fs.modified(path).timestamp(), t.num_rows))
+            durations += [d for d, s in zip(t.column("duration_s").to_pylist(), t.column("segment").to_pylist())
+                          if d is not None and s == 0]
+    commits.sort()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    if commits:
+        t0 = commits[0][0]
+        done, xs, ys = 0, [], []
+        for ts, n in commits:
+            done += n
+            xs.append(ts - t0)
+            ys.append(done)
+        a.step(xs, ys, where="post")
+    a.set(title="output rows committed", xlabel="seconds since first commit", ylabel="rows")
+    b.hist(durations, bins=30)
+    b.set(title="clip duration", xlabel="seconds", ylabel="clips")
+    kinds = summary["errors_by_kind"] or {"(none)": 0}
+    c.barh(list(kinds), list(kinds.values()))
+    c.set(title=f"errors: {summary['rows_error']} of {summary['output_rows']} rows", xlabel="rows")
+    fig.suptitle(f"run {summary['run_id']}: {summary['rows_in']} rows in, {summary['rows_out']} out, "
+                 f"{summary['audio_hours'] * 3600:.0f} s of audio, {summary['wall_s']:.0f} s wall")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    with fs.open(f"{root}/{REPORT}", "wb") as f:
+        f.write(buf.getvalue())
+    return f"{output.rstrip('/')}/{REPORT}"

@@ -1,0 +1,88 @@
+"""The caption job as on a cluster: submitted with `ray job submit` to a Ray head started here, reading
+manifests and audio from S3 and writing parquet back to S3. The S3 API is moto's server on 127.0.0.1;
+s3fs talks to it over HTTP as it would to AWS (nothing is mocked in-process)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+SECRET = "s3cr3t-never-printed-0123456789"
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(assets):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "earmark-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(env, AWS_ENDPOINT_URL_S3=f"http://{host}:{port}")
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("earmark")
+    samples = assets["samples"]
+    for name in os.listdir(samples):
+        if name != "manifest.jsonl":
+            fs.put(os.path.join(samples, name), f"earmark/audio/{name}")
+    lines = [json.loads(line) for line in open(assets["manifest"])]
+    shards = [lines[: len(lines) // 2], lines[len(lines) // 2:]]
+    for k, shard in enumerate(shards):  # audio paths relative to the manifests' folder
+        body = "".join(json.dumps({**r, "audio": f"../audio/{r['audio']}"}) + "\n" for r in shard)
+        fs.pipe(f"earmark/manifests/shard-{k}.jsonl", body.encode())
+    yield {"fs": fs, "endpoint": f"http://{host}:{port}", "env": env, "rows": len(lines)}
+    server.stop()
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    port, dash = free_port(), free_port()
+    tmp = tmp_path_factory.mktemp("ray")
+    start = [os.path.join(BIN, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+             "--num-cpus=2", f"--temp-dir={tmp}"]
+    subprocess.run(start, check=True, capture_output=True, timeout=180)
+    yield f"http://127.0.0.1:{dash}"
+    subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
+    env = {**os.environ, **s3["env"], "RAY_ADDRESS": cluster}
+    env.pop("AWS_ENDPOINT_URL_S3")  # the job gets its endpoint from the config, as a user would set it
+    cmd = [os.path.join(BIN, "ray"), "job", "submit", "--working-dir", ".", "--",
+           "python", "-m", "jobs.caption", "--config", "configs/caption-demo.yaml",
+           "--input", "s3://earmark/manifests/*.jsonl", "--output", "s3://earmark/out/",
+           f"storage.endpoint_url={s3['endpoint']}", f"model.path={assets['model']}", "sampling.max_tokens=8"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-4000:]
+    assert "SUCCEEDED" in logs
+    assert SECRET not in logs
+    fs = s3["fs"]
+    fs.invalidate_cache()
+    assert fs.exists("earmark/out/_SUCCESS")
+    summary = json.loads(fs.cat("earmark/out/_summary.json"))
+    assert summary["rows_in"] == summary["rows_out"] == s3["rows"]
+    assert summary["errors_by_kind"] == {"decode/missing": 1, "decode/not_audio": 1}
+    rows = [r for p in fs.glob("earmark/out/part-*.parquet") for r in pq.read_table(fs.open(p)).to_pylist()]
+    assert len({(r["source_manifest"], r["source_row"]) for r in rows}) == s3["rows"]
+    assert all(r["audio"].startswith("s3://earmark/audio/") for r in rows)
+    assert all(r["caption"] for r in rows if r["error"] is None)
+    missing = next(r for r in rows if r["id"] == "missing")
+    assert missing["error"] == "decode/missing: s3://earmark/audio/missing.wav: no such file"
+    assert not any(SECRET in json.dumps(r, default=str) for r in rows)
