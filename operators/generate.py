@@ -35,6 +35,10 @@ def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
         args["max_model_len"] = e.max_model_len
     if e.max_num_seqs is not None:
         args["max_num_seqs"] = e.max_num_seqs
+    if e.tensor_parallel_size > 1:
+        # The actor already holds its GPUs (Ray places it whole, on one node): vLLM's workers are local
+        # processes. Its "ray" executor would ask Ray for GPUs the actor holds and wait forever.
+        args["distributed_executor_backend"] = "mp"
     return {**args, **e.args}
 
 

@@ -129,8 +129,7 @@ def test_tensor_parallel_engine_gives_the_same_greedy_captions(run, tmp_path):
     """TP=2 on this 2-core box: each vLLM worker bound to its own core. Slow, but the real sharded engine."""
     out = str(tmp_path / "tp2")
     proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "engine.tensor_parallel_size=2",
-                                 "engine.env.VLLM_CPU_OMP_THREADS_BIND=0|1",
-                                 "engine.args.distributed_executor_backend=mp"],
+                                 "engine.env.VLLM_CPU_OMP_THREADS_BIND=0|1"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tp2 = {(r["id"], r["segment"]): r["caption"] for f in sorted(os.listdir(out)) if f.endswith(".parquet")

@@ -39,6 +39,13 @@ def test_bad_keys_name_the_key_and_what_is_allowed(assets, override, expect):
     assert expect in str(e.value)
 
 
+def test_gpus_must_match_tensor_parallel_size(assets):
+    with pytest.raises(config.ConfigError, match="engine.num_gpus=1 but engine.tensor_parallel_size=2"):
+        config.load(DEMO, ["engine.num_gpus=1", "engine.tensor_parallel_size=2"])
+    assert config.load(DEMO, ["engine.num_gpus=2", "engine.tensor_parallel_size=2"]).engine.num_gpus == 2
+    assert config.load(DEMO, ["engine.num_gpus=null", "engine.tensor_parallel_size=4"]).engine.num_gpus == 4
+
+
 def test_missing_files_fail_fast(assets):
     with pytest.raises(config.ConfigError, match="input: no manifest matches"):
         config.load(DEMO, input="/nonexistent/*.jsonl")
