@@ -1,8 +1,9 @@
 """Read manifests (jsonl or parquet; local paths, globs, lists, or any fsspec URI): one row per audio item.
 
-The driver only lists manifest files; their rows are parsed in Ray workers, one file at a time and in
-bounded batches, so a large manifest never sits in the driver. A line that is not JSON or lacks
-`audio` becomes an error row instead of failing the read.
+The driver only lists manifest files. Ray tasks index each file once (row counts and where each chunk
+of rows starts), then read tasks parse one chunk each, so a large manifest never sits in the driver and
+its rows flow through the pipeline in small blocks. A line that is not JSON or lacks `audio` becomes an
+error row instead of failing the read.
 """
 from __future__ import annotations
 
