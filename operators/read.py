@@ -17,7 +17,7 @@ import pyarrow as pa
 from operators.stage import LIGHT_CPUS
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-WRITES = ("id", "audio", "error", "source_manifest", "source_row")
+WRITES = ("id", "audio", "audio_bytes", "error", "source_manifest", "source_row")
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -58,15 +58,22 @@ def _row(manifest: str, index: int, rec: object, error: str | None = None) -> di
     if error is None and not isinstance(rec, dict):
         error = f"read/bad_row: {manifest}:{index + 1}: expected a JSON object, got {type(rec).__name__}"
     rec = rec if isinstance(rec, dict) and error is None else {}
-    audio = rec.get("audio")
+    audio, inline = rec.get("audio"), None
+    if isinstance(audio, dict):  # the Hugging Face datasets Audio struct: {"bytes": ..., "path": ...}
+        inline, audio = audio.get("bytes"), audio.get("path")
+        if inline is not None:
+            audio = audio or f"{manifest}#{index}"  # provenance for inline audio without a path
     if error is None and not isinstance(audio, str):
         error = (f"read/no_audio: {manifest}:{index + 1}: row has no 'audio' path"
-                 if audio is None else f"read/bad_audio: {manifest}:{index + 1}: 'audio' must be a string path")
+                 if audio is None else f"read/bad_audio: {manifest}:{index + 1}: 'audio' must be a path or "
+                                       "an {bytes, path} struct")
     rid = rec.get("id")
     return {
         **rec,
         "id": str(rid) if rid is not None else derive_id(manifest, index),
-        "audio": resolve(audio, manifest) if error is None else (audio if isinstance(audio, str) else None),
+        "audio": (audio if inline is not None else resolve(audio, manifest)) if error is None
+        else (audio if isinstance(audio, str) else None),
+        "audio_bytes": inline if error is None else None,
         "error": error,
         "source_manifest": manifest,
         "source_row": index,

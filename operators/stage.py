@@ -48,11 +48,14 @@ class Stage:
         self.teardown()
 
 
-def actors(size: int, calls_per_actor: int | None = None):
-    """A fixed pool of `size` actors, each running up to `calls_per_actor` batches at once (async UDFs)."""
+def actors(size: int | tuple[int, int], calls_per_actor: int | None = None):
+    """A pool of `size` actors (or between min and max), each running up to `calls_per_actor` batches at
+    once (async UDFs)."""
     from ray.data import ActorPoolStrategy
 
-    return ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls_per_actor)
+    if isinstance(size, int):
+        return ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls_per_actor)
+    return ActorPoolStrategy(min_size=size[0], max_size=size[1], max_concurrent_calls_per_actor=calls_per_actor)
 
 
 def put(table: pa.Table, **columns: Any) -> pa.Table:

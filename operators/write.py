@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from operators.stage import put
 
-DROP = ("waveform", "prompt_text")
+DROP = ("waveform", "prompt_text", "audio_bytes")
 LEAD = ("id", "audio", "{column}", "error", "warning", "model", "prompt", "duration_s", "segment", "segments",
         "segment_start_s", "segment_end_s", "sampling", "run_id", "created_at")
 KEYS = ["source_manifest", "source_row", "segment", "segments"]

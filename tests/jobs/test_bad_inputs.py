@@ -57,6 +57,8 @@ def corpus(d):
 
     return [
         ("{not json", "read/bad_json", None),
+        ("42", "read/bad_row", None),
+        (row(""), "decode/missing", None),
         (json.dumps({"id": "no-audio"}), "read/no_audio", None),
         (row(5), "read/bad_audio", None),
         ("[1, 2, 3]", "read/bad_row", None),
@@ -80,27 +82,43 @@ def corpus(d):
     ]
 
 
+INLINE = [  # a parquet shard with audio inline, as `datasets` exports its Audio feature: (bytes, path)
+    ({"bytes": encoded(tone(1, 22050), 22050, "FLAC"), "path": "inline-ok.flac"}, None),
+    ({"bytes": encoded(tone(1), RATE, "WAV"), "path": None}, None),
+    ({"bytes": b"garbage bytes, not audio", "path": "inline-bad.wav"}, "decode/not_audio"),
+    ({"bytes": b"", "path": "inline-empty.wav"}, "decode/empty"),
+]
+
+
 @pytest.fixture(scope="module")
 def run(assets, tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq_
+
     d = tmp_path_factory.mktemp("bad")
     cases = corpus(d)
     (d / "manifest.jsonl").write_text("".join(line + "\n" for line, _, _ in cases))
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq_.write_table(pa.table({"audio": pa.array([a for a, _ in INLINE], struct)}), d / "inline.parquet")
     out = str(d / "out")
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml", "--input",
-         str(d / "manifest.jsonl"), "--output", out, "sampling.max_tokens=6", "engine.max_model_len=512",
-         "decode.max_duration_s=60", "errors.max_engine_error_pct=50"],
+        [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml",
+         f"input=[{d / 'manifest.jsonl'}, {d / 'inline.parquet'}]", "--output", out, "sampling.max_tokens=6",
+         "engine.max_model_len=512", "decode.max_duration_s=60", "errors.max_engine_error_pct=50"],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for f in sorted(os.listdir(out)) if f.endswith(".parquet") for r in pq.read_table(os.path.join(out, f)).to_pylist()]
     with open(os.path.join(out, "_summary.json")) as f:
         summary = json.load(f)
-    return {"cases": cases, "rows": rows, "summary": summary, "dir": d}
+    jsonl = str(d / "manifest.jsonl")
+    inline = [r for r in rows if r["source_manifest"] != jsonl]
+    rows = [r for r in rows if r["source_manifest"] == jsonl]
+    return {"cases": cases, "rows": rows, "inline": inline, "summary": summary, "dir": d}
 
 
 def test_there_are_at_least_twenty_kinds_of_bad_input(run):
-    assert sum(err is not None for _, err, _ in run["cases"]) >= 19
-    assert len({line for line, err, _ in run["cases"] if err}) >= 19
+    bad = {line for line, err, warn in run["cases"] if err or warn} | {str(a) for a, err in INLINE if err}
+    assert len(bad) >= 20
 
 
 def test_every_row_comes_out_once_with_the_expected_kind(run):
@@ -126,12 +144,24 @@ def test_error_messages_name_the_file_and_the_reason(run):
     assert "maximum model length" in errors[f"{d}/context.wav"]
 
 
+def test_inline_audio_in_a_parquet_shard_is_decoded_without_a_file(run):
+    rows = sorted(run["inline"], key=lambda r: r["source_row"])
+    assert [r["source_row"] for r in rows] == list(range(len(INLINE)))
+    for r, (audio, err) in zip(rows, INLINE):
+        assert (r["error"] or "").split(":", 1)[0] == (err or ""), r["error"]
+        assert (r["caption"] is not None) == (err is None)
+        assert "audio_bytes" not in r  # the audio is not copied into the output
+    assert rows[0]["audio"] == "inline-ok.flac" and rows[0]["duration_s"] == pytest.approx(1.0)
+    assert rows[1]["audio"].endswith("inline.parquet#1")  # no path: provenance is manifest#row
+
+
 def test_summary_counts_errors_by_kind(run):
     s = run["summary"]
-    assert s["rows_in"] == s["rows_out"] == len(run["cases"])
+    n = len(run["cases"]) + len(INLINE)
+    assert s["rows_in"] == s["rows_out"] == n
     expected = {}
-    for _, err, _ in run["cases"]:
+    for err in [err for _, err, _ in run["cases"]] + [err for _, err in INLINE]:
         if err:
             expected[err] = expected.get(err, 0) + 1
     assert s["errors_by_kind"] == expected
-    assert s["rows_ok"] == sum(err is None for _, err, _ in run["cases"])
+    assert s["rows_ok"] == n - sum(expected.values())

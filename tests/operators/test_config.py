@@ -57,3 +57,13 @@ def test_missing_files_fail_fast(assets):
 
 def test_hub_ids_are_accepted_without_a_local_folder(assets):
     assert config.load(DEMO, ["model.path=Qwen/Qwen2-Audio-7B-Instruct"]).model.path == "Qwen/Qwen2-Audio-7B-Instruct"
+
+
+def test_engine_replicas_fixed_or_autoscaling(assets):
+    from operators.stage import actors
+
+    assert config.load(DEMO, ["engine.replicas=[1, 4]"]).engine.replicas == (1, 4)
+    with pytest.raises(config.ConfigError, match="engine.replicas: Value error, give a count >= 1"):
+        config.load(DEMO, ["engine.replicas=[3, 1]"])
+    pool = actors((1, 4), 2)
+    assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor) == (1, 4, 2)

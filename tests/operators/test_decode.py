@@ -94,3 +94,14 @@ def test_rows_with_earlier_errors_pass_through(tmp_path):
     out = _decode()(pa.table({"audio": [None], "error": ["read/bad_json: m.jsonl:1: oops"]}))
     assert out.column("error").to_pylist() == ["read/bad_json: m.jsonl:1: oops"]
     assert audio_arrays(out.column("waveform")) == [None]
+
+
+def test_inline_bytes_are_decoded_instead_of_fetching(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, _tone(8000, 2, 500.0, 1), 8000, format="WAV")
+    batch = pa.table({"audio": ["nowhere.wav", "empty.wav"], "audio_bytes": [buf.getvalue(), b""]})
+    out = _decode()(batch)
+    assert out.column("error").to_pylist() == [None, "decode/empty: empty.wav: inline audio is empty (0 bytes)"]
+    assert len(audio_arrays(out.column("waveform"))[0]) == 32000

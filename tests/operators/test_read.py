@@ -114,3 +114,14 @@ def test_relative_audio_resolves_against_the_manifest_folder():
     assert read.resolve("x/a.wav", "/data/m.jsonl") == "/data/x/a.wav"
     assert read.resolve("a.wav", "m.jsonl") == "a.wav"
     assert read.resolve("gs://o/a.wav", "s3://b/m.jsonl") == "gs://o/a.wav"
+
+
+def test_hf_audio_struct_rows_carry_inline_bytes(tmp_path):
+    p = tmp_path / "m.parquet"
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    audio = [{"bytes": b"RIFF..", "path": "a.wav"}, {"bytes": None, "path": "b.wav"}, {"bytes": b"x", "path": None}]
+    pq.write_table(pa.table({"audio": pa.array(audio, struct)}), p)
+    rows = _rows(str(p), chunk=10)
+    assert [(r["audio"], r["audio_bytes"]) for r in rows] == [
+        ("a.wav", b"RIFF.."), (f"{tmp_path}/b.wav", None), (f"{p}#2", b"x")]
+    assert all(r["error"] is None for r in rows)
