@@ -13,6 +13,7 @@ lost or doubled.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from typing import Any
@@ -85,7 +86,7 @@ class Generate(Stage):
 
     async def _one(self, prompt: str, wave) -> tuple[str, int, int]:
         request = {"prompt": prompt, "multi_modal_data": {"audio": [(wave, self.rate)]}}
-        for attempt in range(self.max_retries + 1):
+        for attempt in itertools.count():
             engine, final = self.engine, None
             try:
                 async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
@@ -95,7 +96,6 @@ class Generate(Stage):
                 if attempt == self.max_retries:
                     raise
                 await self._restart(engine)
-        raise AssertionError("unreachable")
 
     async def _safe(self, prompt: str, wave, err: str | None, uri: str):
         if err is not None:
