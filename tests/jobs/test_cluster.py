@@ -3,9 +3,11 @@ manifests and audio from S3 and writing parquet back to S3. The S3 API is moto's
 s3fs talks to it over HTTP as it would to AWS (nothing is mocked in-process)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,18 +52,37 @@ def s3(assets):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """A Ray head in its own process group (`ray start --block`), so that stopping it stops only it, not
+    other Ray instances on the machine (`ray stop` would)."""
+    import urllib.error
+    import urllib.request
+
     port, dash = free_port(), free_port()
-    start = [os.path.join(BIN, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+    start = [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2"]
+    # As on a cluster node where the project is installed: `python` is the project's environment.
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
     try:
-        # As on a cluster node where the project is installed: `python` is the project's environment.
-        env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
-        proc = subprocess.run(start, capture_output=True, text=True, timeout=180, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        yield f"http://127.0.0.1:{dash}"
+        for _ in range(240):
+            assert head.poll() is None, open(log.name).read()[-3000:]
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # up, if only to ask for the token
+            except OSError:
+                time.sleep(0.5)
+        yield url
     finally:
-        subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
@@ -72,8 +93,12 @@ def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
            "python", "-m", "jobs.caption", "--config", "configs/caption-demo.yaml",
            "--input", "s3://earmark/manifests/*.jsonl", "--output", "s3://earmark/out/",
            f"storage.endpoint_url={s3['endpoint']}", f"model.path={assets['model']}", "sampling.max_tokens=8"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    logs = proc.stdout + proc.stderr
+    for _ in range(30):  # the head's job agent comes up a little after its dashboard answers
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        logs = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in logs:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, logs[-4000:]
     assert "succeeded" in logs.lower()
     assert SECRET not in logs
