@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -56,7 +57,10 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
     done = write.done_rows(write.committed(cfg.output)[0])
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
     env = config_mod.storage_env(cfg)
-    ray.init(ignore_reinit_error=True, log_to_driver=False, runtime_env={"env_vars": env} if env else None)
+    # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
+    # node's cluster). Otherwise a fresh local instance: never a stale cluster a crashed `ray start` left.
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env} if env else None)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     t0 = time.time()
     chunk = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)

@@ -83,6 +83,10 @@ def cluster(tmp_path_factory):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        # `ray start` records the head here for later `ray.init()` calls; it is gone now.
+        current = "/tmp/ray/ray_current_cluster"
+        if os.path.exists(current) and f":{port}" in open(current).read():
+            os.remove(current)
 
 
 def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
