@@ -9,7 +9,6 @@ there are skipped. `--fresh` deletes the output first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
