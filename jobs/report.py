@@ -36,7 +36,7 @@ def draw(output: str, summary: dict) -> str:
             done += n
             xs.append(ts - t0)
             ys.append(done)
-        a.step(xs, ys, where="post")
+        a.step(xs, ys, where="post", marker="o")  # markers: a run with one commit is still visible
     a.set(title="output rows committed", xlabel="seconds since first commit", ylabel="rows")
     b.hist(durations, bins=30)
     b.set(title="clip duration", xlabel="seconds", ylabel="clips")
