@@ -5,6 +5,12 @@ from __future__ import annotations
 REPORT = "_report.png"
 
 
+def _mtime(info: dict) -> float:
+    """Commit time from fsspec file info: `mtime` on local disks, `LastModified` on S3."""
+    t = info.get("mtime", info.get("LastModified"))
+    return t.timestamp() if hasattr(t, "timestamp") else float(t)
+
+
 def draw(output: str, summary: dict) -> str:
     import io
 
@@ -24,7 +30,7 @@ def draw(output: str, summary: dict) -> str:
         if name.startswith(PART) and name.endswith(".parquet"):
             with fs.open(path, "rb") as f:
                 t = pq.read_table(f, columns=["duration_s", "segment"])
-            commits.append((fs.modified(path).timestamp(), t.num_rows))
+            commits.append((_mtime(fs.info(path)), t.num_rows))
             durations += [d for d, s in zip(t.column("duration_s").to_pylist(), t.column("segment").to_pylist())
                           if d is not None and s == 0]
     commits.sort()
