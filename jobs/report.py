@@ -14,16 +14,15 @@ def _mtime(info: dict) -> float:
 def draw(output: str, summary: dict) -> str:
     import io
 
-    import fsspec
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
 
-    from operators.write import PART
+    from operators.write import PART, output_fs
 
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = output_fs(output)
     commits, durations = [], []
     for path in fs.find(root):
         name = path.rsplit("/", 1)[-1]

@@ -34,9 +34,7 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
 
 def prepare_output(output: str, fresh: bool) -> None:
     """Clear the output for --fresh; otherwise only the markers of a finished run, which this run rewrites."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = write.output_fs(output)
     if not fs.exists(root):
         return
     if fresh:
@@ -95,7 +93,6 @@ def verdict(summary: dict, cfg) -> str | None:
 
 
 def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
-    import fsspec
     import pyarrow.dataset as pads
 
     rate = summary["output_rows_this_run"] / summary["wall_s"] if summary["wall_s"] else 0.0
@@ -107,7 +104,7 @@ def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
           f"out {summary['output_tokens']}  ({summary['output_tokens'] / max(summary['wall_s'], 1e-9):.1f}/s)")
     print(f"output: {output}  (report: {report_mod.REPORT}, summary: {write.SUMMARY})")
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = write.output_fs(output)
     files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
     if files:
         rows = pads.dataset(files, filesystem=fs).head(examples, columns=["id", "duration_s", column, "error"])

@@ -35,6 +35,19 @@ def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: st
                         [c for c in batch.column_names if c not in lead])
 
 
+def output_fs(output: str):
+    """(filesystem, root) of the output, with cached listings dropped.
+
+    fsspec shares one filesystem object per process and s3fs caches listings in it: a listing taken before
+    this run committed its files would hide them from the summary and from a resume.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.invalidate_cache()
+    return fs, root
+
+
 def commit(table: pa.Table, output: str, name: str) -> str:
     """Write `table` to output/name so that the name only ever holds a complete file."""
     import fsspec
@@ -68,10 +81,9 @@ def apply(ds, cfg, column: str, run_id: str, created_at: datetime):
 
 def committed(output: str, columns: list[str] = KEYS) -> tuple[pa.Table | None, list[str]]:
     """The given columns of every committed part file, after deleting a killed run's leftovers."""
-    import fsspec
     import pyarrow.parquet as pq
 
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = output_fs(output)
     if not fs.exists(root):
         return None, []
     tables, files = [], []
@@ -109,8 +121,6 @@ def error_kind(error: str) -> str:
 
 def summarize(output: str, rows_in: int, extra: dict) -> dict:
     """Count what is committed in `output` and write `_summary.json`."""
-    import fsspec
-
     cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens"]
     table, files = committed(output, cols)
     rows = table.to_pylist() if table is not None else []
@@ -131,7 +141,7 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
         "files": len(files),
         **extra,
     }
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = output_fs(output)
     with fs.open(f"{root}/{SUMMARY}", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
@@ -139,9 +149,7 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
 
 def mark_success(output: str) -> None:
     """Written last: the output is complete."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(output)
+    fs, root = output_fs(output)
     fs.touch(f"{root}/{SUCCESS}")
 
 

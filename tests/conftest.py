@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import pytest
@@ -20,6 +21,34 @@ def assets() -> dict:
     return {"model": os.path.join(root, "models", "tiny-qwen2-audio"),
             "manifest": os.path.join(root, "samples", "manifest.jsonl"),
             "samples": os.path.join(root, "samples")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_SECRET = "s3cr3t-never-printed-0123456789"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, with credentials and endpoint in the environment as a user would set
+    them; s3fs talks to it over HTTP as it would to AWS (nothing is mocked in-process)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "earmark-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(env, AWS_ENDPOINT_URL_S3=f"http://{host}:{port}")
+    yield {"endpoint": f"http://{host}:{port}", "env": env}
+    server.stop()
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture(scope="session")

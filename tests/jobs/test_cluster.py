@@ -4,7 +4,6 @@ s3fs talks to it over HTTP as it would to AWS (nothing is mocked in-process)."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,26 +11,13 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-SECRET = "s3cr3t-never-printed-0123456789"
+from tests.conftest import S3_SECRET as SECRET, free_port
+
 BIN = os.path.dirname(sys.executable)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(assets):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "earmark-test", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL_S3"]}
-    os.environ.update(env, AWS_ENDPOINT_URL_S3=f"http://{host}:{port}")
+def s3(assets, s3_server):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -45,10 +31,7 @@ def s3(assets):
     for k, shard in enumerate(shards):  # audio paths relative to the manifests' folder
         body = "".join(json.dumps({**r, "audio": f"../audio/{r['audio']}"}) + "\n" for r in shard)
         fs.pipe(f"earmark/manifests/shard-{k}.jsonl", body.encode())
-    yield {"fs": fs, "endpoint": f"http://{host}:{port}", "env": env, "rows": len(lines)}
-    server.stop()
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return {**s3_server, "fs": fs, "rows": len(lines)}
 
 
 @pytest.fixture(scope="module")
