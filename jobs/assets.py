@@ -31,6 +31,18 @@ QWEN2_AUDIO_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Audio Flamingo 3's processor chat template (transformers' AF3 conversion): one <sound> per turn with audio.
+AF3_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages if m['content'] is not none %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% set audio = namespace(found=False) %}{% set text_buf = namespace(v='') %}"
+    "{% for c in m['content'] %}{% if c.get('type') == 'audio' or 'audio' in c %}{% set audio.found = True %}"
+    "{% elif c.get('type') == 'text' or 'text' in c %}{% set text_buf.v = text_buf.v + c['text'] %}{% endif %}"
+    "{% endfor %}{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 CORPUS = [
     "A dog barks in the distance while rain falls on a tin roof.",
     "A man speaks, followed by footsteps and a door closing.",
@@ -40,25 +52,66 @@ CORPUS = [
 ]
 
 
-def build_tiny_qwen2_audio(out: str, seed: int = 0) -> str:
-    """Save a ~1 MB Qwen2-Audio checkpoint vLLM can load. Text head_dim is 64 (16 is unsupported on CPU)."""
-    import torch
-    from safetensors.torch import load_file, save_file
+def tokenizer(specials: list[str]):
+    """A byte-level BPE tokenizer in Qwen2's format, trained here on a few sentences (no hub)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
-                              Qwen2TokenizerFast, WhisperFeatureExtractor)
+    from transformers import Qwen2TokenizerFast
 
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(CORPUS * 10, trainer)
     tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                              unk_token=None, bos_token=None)
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    tok.add_special_tokens({"additional_special_tokens": specials[1:]})
+    return tok
+
+
+def visible_text_only(lm_head, tok, specials: list[str]) -> None:
+    """Random weights pick special tokens (which decode to nothing) and lone bytes of multi-byte characters
+    (which the detokenizer holds back). Zero logits for those let a printable ASCII token win every step,
+    so answers are visible text of max_tokens length."""
+    import torch
+
+    hidden = [i for i in range(len(tok)) if not (tok.decode([i]).isascii() and tok.decode([i]).isprintable())]
+    hidden += tok.convert_tokens_to_ids(specials)
+    with torch.no_grad():
+        lm_head.weight[hidden] = 0
+
+
+def text_config(tok, **extra) -> dict:
+    """A 2-layer text model; head_dim 64 (16 is unsupported by vLLM's CPU attention)."""
+    return dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
+                eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **extra)
+
+
+def save(model, tmp: str, out: str, rename: dict[str, str] | None = None) -> str:
+    """Save the model next to its processor, rename weights to what vLLM loads, then publish the folder."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp)
+    if rename:
+        weights = os.path.join(tmp, "model.safetensors")
+        tensors = load_file(weights)
+        for old, new in rename.items():
+            tensors = {k.replace(old, new): v for k, v in tensors.items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
+    os.replace(tmp, out)
+    return out
+
+
+def build_tiny_qwen2_audio(out: str, seed: int = 0) -> str:
+    """Save a ~1 MB Qwen2-Audio checkpoint vLLM can load."""
+    import torch
+    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
+                              WhisperFeatureExtractor)
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = tokenizer(SPECIALS)
     features = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30, hop_length=160,
                                        n_fft=400)
     Qwen2AudioProcessor(feature_extractor=features, tokenizer=tok,
@@ -68,29 +121,42 @@ def build_tiny_qwen2_audio(out: str, seed: int = 0) -> str:
         audio_config=dict(model_type="qwen2_audio_encoder", d_model=64, encoder_layers=2,
                           encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=128,
                           max_source_positions=1500),
-        text_config=dict(model_type="qwen2", vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=4096, eos_token_id=eos),
+        text_config=dict(model_type="qwen2", **text_config(tok)),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
     )
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(cfg).to(torch.bfloat16)
     model.generation_config.eos_token_id = eos
-    # Random weights pick special tokens (which decode to nothing) and lone bytes of multi-byte characters
-    # (which the detokenizer holds back). Zero logits for those let a printable ASCII token win every step,
-    # so captions are visible text of max_tokens length.
-    hidden = [i for i in range(len(tok)) if not (tok.decode([i]).isascii() and tok.decode([i]).isprintable())]
-    hidden += tok.convert_tokens_to_ids(SPECIALS)
-    with torch.no_grad():
-        model.get_output_embeddings().weight[hidden] = 0
-    model.save_pretrained(tmp)
+    visible_text_only(model.get_output_embeddings(), tok, SPECIALS)
     # transformers 5 saves the text model as language_model.model.model.*; vLLM loads language_model.model.*.
-    weights = os.path.join(tmp, "model.safetensors")
-    renamed = {k.replace("language_model.model.model.", "language_model.model."): v
-               for k, v in load_file(weights).items()}
-    save_file(renamed, weights, metadata={"format": "pt"})
-    os.replace(tmp, out)
-    return out
+    return save(model, tmp, out, {"language_model.model.model.": "language_model.model."})
+
+
+AF3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>"]
+
+
+def build_tiny_audio_flamingo_3(out: str, seed: int = 0) -> str:
+    """A tiny Audio Flamingo 3 (nvidia/audio-flamingo-3-hf layout) with its processor and chat template."""
+    import torch
+    from transformers import (AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor,
+                              WhisperFeatureExtractor)
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = tokenizer(AF3_SPECIALS)
+    AudioFlamingo3Processor(feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
+                            tokenizer=tok, chat_template=AF3_CHAT_TEMPLATE).save_pretrained(tmp)
+    cfg = AudioFlamingo3Config(
+        audio_config=dict(model_type="audioflamingo3_encoder", hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=128, num_mel_bins=128),
+        text_config=dict(model_type="qwen2", **text_config(tok)),
+        audio_token_id=tok.convert_tokens_to_ids("<sound>"),
+    )
+    torch.manual_seed(seed)
+    model = AudioFlamingo3ForConditionalGeneration(cfg).to(torch.bfloat16)
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    visible_text_only(model.get_output_embeddings(), tok, AF3_SPECIALS)
+    return save(model, tmp, out, {"language_model.model.model.": "language_model.model."})
 
 
 def _tone(sr: int, seconds: float, freq: float, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -182,13 +248,76 @@ def build_speech(out: str) -> str:
     return manifest
 
 
+# The sample lines of DataFlow-MM's audio QA guide, verbatim; the audio paths are relative to the manifest.
+DATAFLOW_GUIDE = (
+    '{"audio": ["../example_data/audio_aqa_pipeline/test_1.wav"], "conversation": [{"from": "human", "value": '
+    '"Transcribe the audio into Chinese." }]}\n'
+    '{"audio": ["../example_data/audio_aqa_pipeline/test_2.wav"], "conversation": [{"from": "human", "value": '
+    '"Describe the sound in this audio clip." }]}\n'
+)
+
+
+def build_aqa(out: str, speech: str, samples: str) -> str:
+    """Question-answering rows in both accepted formats: DataFlow-MM's guide lines and variants (markers,
+    several audios, several turns) and OpenAI/HF chat messages (each way of naming audio, inline base64)."""
+    import base64
+
+    clips = os.path.join(out, "example_data", "audio_aqa_pipeline")
+    data = os.path.join(out, "data")
+    os.makedirs(clips, exist_ok=True)
+    os.makedirs(data, exist_ok=True)
+    shutil.copy(os.path.join(speech, "s2-16k.wav"), os.path.join(clips, "test_1.wav"))
+    shutil.copy(os.path.join(samples, "tone-16k.wav"), os.path.join(clips, "test_2.wav"))
+    shutil.copy(os.path.join(samples, "chirp-44k-stereo.flac"), os.path.join(clips, "test_3.flac"))
+    with open(os.path.join(data, "sample_data.jsonl"), "w") as f:
+        f.write(DATAFLOW_GUIDE)
+    a = "../example_data/audio_aqa_pipeline/"
+    dataflow = [
+        {"id": "marker", "audio": [a + "test_1.wav"],
+         "conversation": [{"from": "human", "value": "<audio>\nTranscribe the audio into Chinese."}]},
+        {"id": "two-audios", "audio": [a + "test_2.wav", a + "test_3.flac"],
+         "conversation": [{"from": "human", "value": "First: <audio> Second: <audio> Which one is higher?"}]},
+        {"id": "multi-turn", "audio": [a + "test_2.wav"],
+         "conversation": [{"from": "human", "value": "<audio>What do you hear?"},
+                          {"from": "gpt", "value": "A steady tone."},
+                          {"from": "human", "value": "Is it high or low?"}]},
+    ]
+    with open(os.path.join(data, "dataflow_variants.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in dataflow)
+    with open(os.path.join(clips, "test_2.wav"), "rb") as w:
+        inline = base64.b64encode(w.read()).decode()
+    messages = [
+        {"id": "oa-audio", "messages": [{"role": "user", "content": [
+            {"type": "audio", "audio": a + "test_1.wav"}, {"type": "text", "text": "What is said?"}]}]},
+        {"id": "oa-path-system", "messages": [
+            {"role": "system", "content": "You are a sound engineer."},
+            {"role": "user", "content": [{"type": "audio", "path": a + "test_3.flac"},
+                                         {"type": "text", "text": "Is this stereo recording clipped?"}]}]},
+        {"id": "oa-audio-url", "messages": [{"role": "user", "content": [
+            {"type": "audio_url", "audio_url": {"url": a + "test_2.wav"}}, {"type": "text", "text": "Describe it."}]}]},
+        {"id": "oa-input-audio", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": inline, "format": "wav"}},
+            {"type": "text", "text": "How long is this?"}]}]},
+        {"id": "oa-multi-turn", "messages": [
+            {"role": "user", "content": [{"type": "audio", "audio": a + "test_1.wav"},
+                                         {"type": "text", "text": "Who speaks?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "One speaker."}]},
+            {"role": "user", "content": [{"type": "text", "text": "What about?"}]}]},
+    ]
+    with open(os.path.join(data, "messages.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in messages)
+    return data
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=".cache")
     root = ap.parse_args(argv).root
     model = os.path.join(root, "models", "tiny-qwen2-audio")
-    if not os.path.isdir(model):
-        build_tiny_qwen2_audio(model)
+    for name, build in [("tiny-qwen2-audio", build_tiny_qwen2_audio),
+                        ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3)]:
+        if not os.path.isdir(os.path.join(root, "models", name)):
+            build(os.path.join(root, "models", name))
     samples = os.path.join(root, "samples")
     if not os.path.isfile(os.path.join(samples, "manifest.jsonl")):
         build_samples(samples)
@@ -200,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     speech = os.path.join(root, "speech")
     if not os.path.isfile(os.path.join(speech, "manifest.jsonl")):
         build_speech(speech)
+    aqa = os.path.join(root, "aqa")
+    if not os.path.isfile(os.path.join(aqa, "data", "messages.jsonl")):
+        build_aqa(aqa, speech, samples)
     print(f"models: {model}, {whisper}\nmanifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl")
 
 

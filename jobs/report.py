@@ -23,15 +23,16 @@ def draw(output: str, summary: dict) -> str:
     from operators.write import PART, output_fs
 
     fs, root = output_fs(output)
-    commits, durations = [], []
+    commits, durations = [], {}
     for path in fs.find(root):
         name = path.rsplit("/", 1)[-1]
         if name.startswith(PART) and name.endswith(".parquet"):
             with fs.open(path, "rb") as f:
-                t = pq.read_table(f, columns=["duration_s", "segment"])
+                t = pq.read_table(f, columns=["duration_s", "source_manifest", "source_row"])
             commits.append((_mtime(fs.info(path)), t.num_rows))
-            durations += [d for d, s in zip(t.column("duration_s").to_pylist(), t.column("segment").to_pylist())
-                          if d is not None and s == 0]
+            for d, m, r in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+                if d is not None:
+                    durations[(m, r)] = d  # once per input row, whatever its windows and prompts
     commits.sort()
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     if commits:
@@ -43,7 +44,7 @@ def draw(output: str, summary: dict) -> str:
             ys.append(done)
         a.step(xs, ys, where="post", marker="o")  # markers: a run with one commit is still visible
     a.set(title="output rows committed", xlabel="seconds since first commit", ylabel="rows")
-    b.hist(durations, bins=30)
+    b.hist(list(durations.values()), bins=30)
     b.set(title="clip duration", xlabel="seconds", ylabel="clips")
     kinds = summary["errors_by_kind"] or {"(none)": 0}
     c.barh(list(kinds), list(kinds.values()))

@@ -2,8 +2,8 @@
 
     python -m jobs.<job> --config configs/<job>.yaml [--input URI] [--output URI] [--fresh] [key=value ...]
 
-A job module supplies `build(ds, cfg, spec)`, the stages between reading manifests and writing parquet,
-and the name of its output column. A rerun with the same output resumes: input rows already committed
+A job module supplies a `Job`: the stages between reading manifests and writing parquet, the name of
+its output column, and whether rows bring their own conversation. A rerun with the same output resumes: input rows already committed
 there are skipped. `--fresh` deletes the output first.
 """
 from __future__ import annotations
@@ -13,12 +13,33 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 from jobs import report as report_mod
 from operators import config as config_mod
 from operators import read, write
 from operators.models import spec as model_spec
+
+
+@dataclass(frozen=True)
+class Job:
+    column: str  # the output column: caption, text, answer
+    build: Callable  # (ds, cfg, spec, prompts) -> ds: the stages between read and write
+    conversations: bool = False  # rows bring a conversation to answer (question answering)
+
+
+def check(cfg, job: Job) -> dict:
+    """What only the job can tell about its config; the prompts it asks. Raises ConfigError."""
+    spec = model_spec(cfg.model.family)
+    prompts = config_mod.prompts(cfg)
+    if not prompts and not job.conversations:
+        raise config_mod.ConfigError("prompt.use: name at least one prompt of the library (prompt.library), "
+                                     "e.g. prompt.use=[caption]")
+    if job.conversations and spec.prompt_format != "chat":
+        raise config_mod.ConfigError(f"model.family: {cfg.model.family!r} takes no conversation (its prompt is "
+                                     "fixed); answer questions with a chat model such as qwen2-audio")
+    return prompts
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
@@ -45,10 +66,11 @@ def prepare_output(output: str, fresh: bool) -> None:
             fs.rm(f"{root}/{name}")
 
 
-def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
+def run(cfg, job: Job, fresh: bool = False) -> dict:
     """Run one job to completion (or resume it) and return its summary."""
     import ray
 
+    prompts = check(cfg, job)
     spec = model_spec(cfg.model.family)
     prepare_output(cfg.output, fresh)
     done = write.done_rows(write.committed(cfg.output)[0])
@@ -65,7 +87,8 @@ def run(cfg, build: Callable, column: str, fresh: bool = False) -> dict:
     resumed = sum(map(len, done.values()))
     written = 0
     if chunks:  # else all is committed: no engine to start
-        ds = write.apply(build(read.read(chunks), cfg, spec), cfg, column, run_id, started)
+        ds = write.apply(job.build(read.read(chunks), cfg, spec, prompts), cfg, job.column, run_id, started,
+                         audio_list=job.conversations)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
     extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
              "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}
@@ -113,19 +136,16 @@ def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
             print(f"  {r['id']:<20} {r['duration_s'] or 0:6.1f}s  {str(text)[:90]}")
 
 
-def main(build: Callable, column: str, doc: str, argv: list[str] | None = None) -> int:
+def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv, doc)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
+        check(cfg, job)
+        summary = run(cfg, job, fresh=args.fresh)
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    try:
-        summary = run(cfg, build, column, fresh=args.fresh)
-    except config_mod.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    report(summary, cfg.output, column)
+    report(summary, cfg.output, job.column)
     failure = verdict(summary, cfg)
     if failure:
         print(f"FAILED: {failure}", file=sys.stderr)

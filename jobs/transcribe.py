@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import sys
 
+from jobs.runner import Job, main
 from operators import decode, generate, prompt
 
 COLUMN = "text"
 
 
-def build(ds, cfg, spec):
+def build(ds, cfg, spec, prompts):
     ds = decode.apply(ds, cfg, spec)
-    ds = prompt.apply(ds, cfg, spec)
+    ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)  # fans out over prompts: K rows a clip
     return generate.apply(ds, cfg, spec, COLUMN)
 
 
-if __name__ == "__main__":
-    from jobs.runner import main
+JOB = Job(COLUMN, build)
 
-    sys.exit(main(build, COLUMN, __doc__))
+if __name__ == "__main__":
+    sys.exit(main(JOB, __doc__))

@@ -35,9 +35,27 @@ class ModelCfg(_Strict):
         return v
 
 
+class PromptItem(_Strict):
+    instruction: str = Field(min_length=1)
+    system: str | None = None  # None: prompt.system
+
+
 class PromptCfg(_Strict):
     system: str | None = None  # None: the model family's default system prompt
-    instruction: str = ""  # required by chat models; fixed-prompt models (Whisper) take none
+    # Names of the prompts every clip is asked, from the library or `custom`: one output row per clip and
+    # prompt (`prompt_id`), all from one decode of the clip. The question-answering job answers each row's
+    # own conversation instead, and uses these only for rows that bring none.
+    use: list[str] = Field(default_factory=list)
+    library: str = "configs/prompts.yaml"
+    # Prompts of this job: new names, or library names given another text. A string is the instruction.
+    custom: dict[str, Union[str, PromptItem]] = Field(default_factory=dict)
+
+    @field_validator("use")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("names must be unique")
+        return v
 
 
 class DecodeCfg(_Strict):
@@ -49,6 +67,8 @@ class DecodeCfg(_Strict):
     # Where to cut: the quietest 20 ms in the last `cut_search_s` seconds of each window (0: hard cuts),
     # so that words are not cut in half.
     cut_search_s: float = Field(5.0, ge=0)
+    # Seconds each window repeats of the one before, so that what straddles a cut is heard whole once.
+    overlap_s: float = Field(0.0, ge=0)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
 
 
@@ -192,12 +212,38 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         raise ConfigError(f"engine.num_gpus={e.num_gpus:g} but engine.tensor_parallel_size={e.tensor_parallel_size}: "
                           "each engine actor holds the GPUs its shards run on; set them equal (or num_gpus=0 on CPU)")
     spec = MODELS[cfg.model.family]
-    if spec.prompt_format == "chat" and not cfg.prompt.instruction.strip():
-        raise ConfigError(f"prompt.instruction: required for model family {cfg.model.family!r} "
-                          "(e.g. prompt.instruction='Describe the audio in detail.')")
+    prompts(cfg)
+    if cfg.decode.overlap_s >= spec.window_s - cfg.decode.cut_search_s:
+        raise ConfigError(f"decode.overlap_s: must be shorter than the model's {spec.window_s:g} s window minus "
+                          "decode.cut_search_s, or windows would not advance")
     if cfg.decode.cut_search_s >= spec.window_s:
         raise ConfigError(f"decode.cut_search_s: must be shorter than the model's {spec.window_s:g} s window")
     return cfg
+
+
+def library(path: str) -> dict[str, PromptItem]:
+    """The named prompts of a prompt library file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"prompt.library: no such file {path!r}; the project's library is configs/prompts.yaml")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    try:
+        return {name: PromptItem(instruction=v) if isinstance(v, str) else PromptItem.model_validate(v)
+                for name, v in data.items()}
+    except (ValidationError, AttributeError) as e:
+        raise ConfigError(f"prompt.library: {path}: each entry is name: instruction or name: {{instruction, "
+                          f"system}} ({e})") from None
+
+
+def prompts(cfg: JobCfg) -> dict[str, PromptItem]:
+    """The prompts `prompt.use` names, in order: library entries, overridden or added by `prompt.custom`."""
+    known = {**library(cfg.prompt.library),
+             **{k: PromptItem(instruction=v) if isinstance(v, str) else v for k, v in cfg.prompt.custom.items()}}
+    missing = [name for name in cfg.prompt.use if name not in known]
+    if missing:
+        raise ConfigError(f"prompt.use: unknown prompt {missing[0]!r}; known: {', '.join(sorted(known))} "
+                          "(add it under prompt.custom or to the library)")
+    return {name: known[name] for name in cfg.prompt.use}
 
 
 def storage_env(cfg: JobCfg) -> dict[str, str]:

@@ -85,11 +85,14 @@ def load(uri: str, sample_rate: int, data: bytes | None = None) -> tuple[np.ndar
 FRAME_S = 0.02
 
 
-def windows(wave: np.ndarray, sample_rate: int, window_s: float, search_s: float) -> list[tuple[int, int]]:
+def windows(wave: np.ndarray, sample_rate: int, window_s: float, search_s: float,
+            overlap_s: float = 0.0) -> list[tuple[int, int]]:
     """[start, end) sample ranges covering `wave` in windows of at most `window_s` seconds, each cut at the
-    middle of the quietest 20 ms frame within its last `search_s` seconds (hard cuts when 0)."""
+    middle of the quietest 20 ms frame within its last `search_s` seconds (hard cuts when 0); each window
+    after the first starts `overlap_s` before the previous one's end, so words at a cut are heard whole."""
     n, size = len(wave), int(round(window_s * sample_rate))
     frame, search = max(int(FRAME_S * sample_rate), 1), int(search_s * sample_rate)
+    overlap = int(round(overlap_s * sample_rate))
     spans, start = [], 0
     while n - start > size:
         cut = start + size
@@ -98,7 +101,7 @@ def windows(wave: np.ndarray, sample_rate: int, window_s: float, search_s: float
             energy = np.square(tail[:len(tail) // frame * frame].reshape(-1, frame)).mean(axis=1)
             cut = cut - search + int(energy.argmin()) * frame + frame // 2
         spans.append((start, cut))
-        start = cut
+        start = cut - overlap
     spans.append((start, n))
     return spans
 
@@ -108,7 +111,7 @@ SILENCE_PEAK = 1e-4
 
 
 class Decode(Stage):
-    reads = ("audio",)
+    reads = ("audio_uris",)
     writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "warning",
               "error")
 
@@ -118,36 +121,52 @@ class Decode(Stage):
         self.long_audio: str = self.cfg["long_audio"]
         self.max_duration_s: float = self.cfg["max_duration_s"]
         self.cut_search_s: float = self.cfg["cut_search_s"]
+        self.overlap_s: float = self.cfg["overlap_s"]
 
-    def _segments(self, uri: str, data: bytes | None) -> tuple[list, float]:
+    def _load(self, uri: str, data: bytes | None) -> tuple[np.ndarray, float]:
         wave, duration = load(uri, self.rate, data)
         if duration > self.max_duration_s:
             raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds decode.max_duration_s="
                                                f"{self.max_duration_s:g}")
-        spans = windows(wave, self.rate, self.window_s, self.cut_search_s)
+        return wave, duration
+
+    def _segments(self, uris: list[str], inline: list) -> tuple[list, float]:
+        """[(clips, start_s, end_s)] per window of the row, and the row's audio duration.
+
+        A row with one audio is cut into windows when longer than the model's; a row with several (a
+        question about more than one clip) goes whole, so each clip must fit the window."""
+        loaded = [self._load(u, d) for u, d in zip(uris, inline)]
+        duration = sum(d for _, d in loaded)
+        if len(loaded) > 1:
+            for uri, (wave, _) in zip(uris, loaded):
+                if len(wave) > self.window_s * self.rate:
+                    raise DecodeError("too_long", uri, f"{len(wave) / self.rate:.1f} s exceeds the model's "
+                                      f"{self.window_s:g} s window; a row with several audio items is not cut")
+            return [([w for w, _ in loaded], 0.0, duration)], duration
+        wave, uri = loaded[0][0], uris[0]
+        spans = windows(wave, self.rate, self.window_s, self.cut_search_s, self.overlap_s)
         if len(spans) > 1 and self.long_audio == "error":
             raise DecodeError("too_long", uri, f"{duration:.1f} s exceeds the model's {self.window_s:g} s window "
                                                "(set decode.long_audio=split to cut it into windows)")
-        return [(wave[a:b], a / self.rate, b / self.rate) for a, b in spans], duration
+        return [([wave[a:b]], a / self.rate, b / self.rate) for a, b in spans], duration
 
     def process(self, batch: pa.Table) -> pa.Table:
         take, waves, durations, segment, segments, starts, ends, warns, errs = ([] for _ in range(9))
-        inline = (batch.column("audio_bytes").to_pylist() if "audio_bytes" in batch.column_names
-                  else [None] * batch.num_rows)
-        for i, (uri, data, err) in enumerate(zip(batch.column("audio").to_pylist(), inline, errors(batch))):
+        inline = batch.column("audio_bytes").to_pylist()
+        for i, (uris, data, err) in enumerate(zip(batch.column("audio_uris").to_pylist(), inline, errors(batch))):
             segs, duration, warn = [], None, None
             if err is None:
                 try:
-                    segs, duration = self._segments(uri, data)
+                    segs, duration = self._segments(uris, data)
                 except DecodeError as e:
                     err = str(e)
                 except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
-                    err = f"decode/unexpected: {uri}: {type(e).__name__}: {e}"
-            if segs and max(float(np.abs(w).max()) for w, _, _ in segs) < SILENCE_PEAK:
-                warn = f"decode/silent: {uri}: peak amplitude below {SILENCE_PEAK:g}"
-            for k, (wave, start, end) in enumerate(segs or [(None, None, None)]):
+                    err = f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
+            if segs and max(float(np.abs(w).max(initial=0.0)) for clips, _, _ in segs for w in clips) < SILENCE_PEAK:
+                warn = f"decode/silent: {', '.join(uris)}: peak amplitude below {SILENCE_PEAK:g}"
+            for k, (clips, start, end) in enumerate(segs or [(None, None, None)]):
                 take.append(i)
-                waves.append(wave)
+                waves.append(clips)
                 durations.append(duration)
                 segment.append(k)
                 segments.append(max(len(segs), 1))
@@ -163,12 +182,12 @@ class Decode(Stage):
 
 
 def apply(ds, cfg, spec):
-    """CPU actor pool that decodes `audio` into `waveform` at the model's sample rate."""
+    """CPU actor pool that decodes each row's `audio_uris` into `waveform` at the model's sample rate."""
     return ds.map_batches(
         Decode,
         fn_constructor_kwargs=dict(sample_rate=spec.sample_rate, window_s=spec.window_s,
                                    long_audio=cfg.decode.long_audio, max_duration_s=cfg.decode.max_duration_s,
-                                   cut_search_s=cfg.decode.cut_search_s),
+                                   cut_search_s=cfg.decode.cut_search_s, overlap_s=cfg.decode.overlap_s),
         batch_format="pyarrow",
         batch_size=cfg.decode.batch_size,
         compute=actors(cfg.decode.concurrency),

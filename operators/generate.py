@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
     """vLLM engine arguments: the model family's defaults, then the job config's `engine` section."""
     e = cfg.engine
-    args: dict[str, Any] = {**spec.engine_args, "model": cfg.model.path, "tensor_parallel_size": e.tensor_parallel_size,
+    args: dict[str, Any] = {**spec.engine_defaults, "model": cfg.model.path, "tensor_parallel_size": e.tensor_parallel_size,
                             "gpu_memory_utilization": e.gpu_memory_utilization, "enforce_eager": e.enforce_eager,
                             "dtype": e.dtype, "seed": e.seed}
     if e.max_model_len is not None:
@@ -48,7 +48,7 @@ def sampling_args(cfg) -> dict[str, Any]:
 
 
 class Generate(Stage):
-    reads = ("prompt_text", "waveform")
+    reads = ("prompt_text", "waveform", "audio_uris")
     writes = ("prompt_tokens", "output_tokens", "error")  # plus the job's output column
 
     def setup(self) -> None:
@@ -84,8 +84,8 @@ class Generate(Stage):
                     pass
                 self.engine = await asyncio.to_thread(self._start)
 
-    async def _one(self, prompt: str, wave) -> tuple[str, int, int]:
-        request = {"prompt": prompt, "multi_modal_data": {"audio": [(wave, self.rate)]}}
+    async def _one(self, prompt: str, clips) -> tuple[str, int, int]:
+        request = {"prompt": prompt, "multi_modal_data": {"audio": [(c, self.rate) for c in clips]}}
         for attempt in itertools.count():
             engine, final = self.engine, None
             try:
@@ -97,22 +97,22 @@ class Generate(Stage):
                     raise
                 await self._restart(engine)
 
-    async def _safe(self, prompt: str, wave, err: str | None, uri: str):
+    async def _safe(self, prompt: str, clips, err: str | None, uris: list[str]):
         if err is not None:
             return None, None, None, err
         try:
-            text, n_in, n_out = await self._one(prompt, wave)
+            text, n_in, n_out = await self._one(prompt, clips)
             return text, n_in, n_out, None
         except self.fatal as e:
             kind, why = "engine_dead", f"engine died {self.max_retries + 1} times on this row: {e}"
         except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
             kind = "too_long" if "maximum model length" in str(e) else "engine"
             why = f"{type(e).__name__}: {e}"
-        return None, None, None, f"generate/{kind}: {uri}: {why}"
+        return None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
-                   errors(batch), batch.column("audio").to_pylist())
+                   errors(batch), batch.column("audio_uris").to_pylist())
         results = await asyncio.gather(*(self._safe(*row) for row in rows))
         texts, n_in, n_out, errs = (list(c) for c in zip(*results)) if results else ([], [], [], [])
         return put(batch, **{self.column: pa.array(texts, pa.string())},

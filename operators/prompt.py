@@ -1,55 +1,112 @@
-"""Build each row's prompt with the model's own HF processor chat template.
+"""Build each row's prompt with the model's own HF processor chat template, fanning rows out over prompts.
 
 The rendered text carries the model's audio placeholders (for Qwen2-Audio `<|audio_bos|><|AUDIO|>
 <|audio_eos|>`); vLLM expands each placeholder to as many audio tokens as the clip needs.
+
+This stage runs after decoding: a clip asked K prompts is fetched and decoded once and leaves here as K
+rows, each with its `prompt_id` and the row's `prompts` count (what a resume needs to know the row is
+complete). A row with its own conversation (question answering) is answered as it is: one row,
+`prompt_id` "conversation".
 """
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
+from operators import conversation
 from operators.models import ModelSpec
-from operators.stage import LIGHT_CPUS, Stage, actors, put
+from operators.stage import LIGHT_CPUS, Stage, actors, errors, put
+
+CONVERSATION = "conversation"
 
 
-def conversation(system: str | None, instruction: str, n_audio: int = 1) -> list[dict]:
-    """OpenAI/HF-style messages: an optional system turn, then the audio items and the instruction."""
-    user = [{"type": "audio", "audio_url": f"audio_{k}"} for k in range(n_audio)]
-    user.append({"type": "text", "text": instruction})
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-
-def render(processor, spec: ModelSpec, system: str | None, instruction: str, n_audio: int = 1) -> str:
+def render(processor, spec: ModelSpec, messages: list[dict]) -> str:
+    """The prompt text for HF chat messages (system turn included or not) with audio placeholders."""
     if spec.prompt_format == "fixed":
         return spec.fixed_prompt
-    messages = conversation(system if system is not None else spec.default_system, instruction, n_audio)
+    messages = conversation.with_system(messages, spec.default_system)
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def last_user_text(messages: list[dict]) -> str:
+    content = messages[-1]["content"]
+    return content if isinstance(content, str) else " ".join(i["text"] for i in content if i["type"] == "text")
+
+
 class Prompt(Stage):
-    reads = ()
-    writes = ("prompt", "prompt_text")
+    reads = ("audio_uris", "chat")
+    writes = ("prompt_id", "prompts", "prompt", "prompt_text", "error")
 
     def setup(self) -> None:
         self.spec: ModelSpec = self.cfg["spec"]
+        self.system: str | None = self.cfg["system"]
+        self.prompts: dict[str, dict] = self.cfg["prompts"]  # id -> {instruction, system}
+        self.answer_conversations: bool = self.cfg["conversations"]
         self.processor = None
         if self.spec.prompt_format == "chat":
             from transformers import AutoProcessor
 
             self.processor = AutoProcessor.from_pretrained(self.cfg["model_path"])
-        # The instruction is the same for every row of a caption job: render it once.
-        self.text = render(self.processor, self.spec, self.cfg["system"], self.cfg["instruction"])
+        self.cache: dict[tuple[str, int], str] = {}  # the same prompt for every clip: rendered once
+
+    def _instruction(self, pid: str, n_audio: int) -> str:
+        if (pid, n_audio) not in self.cache:
+            p = self.prompts[pid]
+            messages = conversation.with_system(conversation.instruction(n_audio, p["instruction"]),
+                                                p["system"] or self.system)
+            self.cache[(pid, n_audio)] = render(self.processor, self.spec, messages)
+        return self.cache[(pid, n_audio)]
+
+    def _ids(self, chat: str | None) -> list[str]:
+        """The prompts a row is asked: its own conversation, or every configured prompt."""
+        if self.answer_conversations and (chat is not None or not self.prompts):
+            return [CONVERSATION]
+        return list(self.prompts)
+
+    def _ask(self, pid: str, chat: str | None, n_audio: int) -> tuple[str, str]:
+        """(prompt shown in the output, rendered prompt text)."""
+        if pid != CONVERSATION:
+            return self.prompts[pid]["instruction"], self._instruction(pid, n_audio)
+        messages = conversation.with_system(json.loads(chat), self.system)
+        return last_user_text(messages), render(self.processor, self.spec, messages)
+
+    def _check(self, uris: list[str], chat: str | None) -> str | None:
+        if len(uris) > self.spec.max_audios:
+            return (f"prompt/too_many_audio: {', '.join(uris)}: the model takes at most {self.spec.max_audios} "
+                    f"audio item(s) per prompt; this row has {len(uris)}")
+        if self.answer_conversations and chat is None and not self.prompts:
+            return (f"prompt/no_conversation: {', '.join(uris)}: the row has no 'conversation' or 'messages' and "
+                    "prompt.use names no prompt to ask instead")
+        return None
 
     def process(self, batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
-        return put(batch, prompt=pa.array([self.cfg["instruction"] or self.text] * n, pa.string()),
-                   prompt_text=pa.array([self.text] * n, pa.string()))
+        take, ids, counts, shown, texts, errs = [], [], [], [], [], []
+        chats = batch.column("chat").to_pylist() if "chat" in batch.column_names else [None] * batch.num_rows
+        rows = zip(batch.column("audio_uris").to_pylist(), chats, errors(batch))
+        for i, (uris, chat, err) in enumerate(rows):
+            err = err or self._check(uris, chat)
+            pids = self._ids(chat)
+            for pid in pids:  # error rows too: every prompt of every row comes out once
+                text, rendered = self._ask(pid, chat, len(uris)) if err is None else (None, None)
+                take.append(i)
+                ids.append(pid)
+                counts.append(len(pids))
+                shown.append(text)
+                texts.append(rendered)
+                errs.append(err)
+        out = batch.take(pa.array(take, pa.int64()))
+        return put(out, prompt_id=pa.array(ids, pa.string()), prompts=pa.array(counts, pa.int32()),
+                   prompt=pa.array(shown, pa.string()), prompt_text=pa.array(texts, pa.string()),
+                   error=pa.array(errs, pa.string()))
 
 
-def apply(ds, cfg, spec: ModelSpec):
+def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
     return ds.map_batches(
         Prompt,
         fn_constructor_kwargs=dict(spec=spec, model_path=cfg.model.path, system=cfg.prompt.system,
-                                   instruction=cfg.prompt.instruction),
+                                   prompts={k: v.model_dump() for k, v in prompts.items()},
+                                   conversations=conversations),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(1),

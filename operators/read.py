@@ -1,9 +1,10 @@
-"""Read manifests (jsonl or parquet; local paths, globs, lists, or any fsspec URI): one row per audio item.
+"""Read manifests (jsonl or parquet; local paths, globs, lists, or any fsspec URI), one row per manifest row:
+its audio items (paths, URIs or inline bytes) and, for question answering, its conversation as chat messages.
 
 The driver only lists manifest files. Ray tasks index each file once (row counts and where each chunk
 of rows starts), then read tasks parse one chunk each, so a large manifest never sits in the driver and
-its rows flow through the pipeline in small blocks. A line that is not JSON or lacks `audio` becomes an
-error row instead of failing the read.
+its rows flow through the pipeline in small blocks. A line that is not JSON, lacks audio or holds a
+conversation that cannot be answered becomes an error row instead of failing the read.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from operators import conversation
 from operators.stage import LIGHT_CPUS
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-WRITES = ("id", "audio", "audio_bytes", "error", "source_manifest", "source_row")
+WRITES = ("id", "audio", "audio_uris", "audio_bytes", "chat", "error", "source_manifest", "source_row")
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -54,26 +56,64 @@ def resolve(audio: str, manifest: str) -> str:
     return f"{proto}{sep}{posixpath.normpath(posixpath.join(folder, audio))}"
 
 
+class BadAudio(ValueError):
+    pass
+
+
+def _audio(ref, manifest: str, where: str) -> tuple[str, bytes | None]:
+    """(uri, inline bytes) of one audio reference: a path/URI, raw bytes, or the HF datasets Audio struct."""
+    if isinstance(ref, dict):  # the Hugging Face datasets Audio struct: {"bytes": ..., "path": ...}
+        data, path = ref.get("bytes"), ref.get("path")
+        if data is not None:
+            return path or where, data  # provenance for inline audio without a path
+        ref = path
+    if isinstance(ref, bytes):
+        return where, ref
+    if not isinstance(ref, str) or not ref:
+        raise BadAudio("'audio' must be a path, a list of paths or an {bytes, path} struct")
+    return resolve(ref, manifest), None
+
+
+def _items(rec: dict, manifest: str, where: str) -> tuple[list[str], list, str | None]:
+    """(audio uris, inline bytes, chat messages as JSON) of one manifest row."""
+    audio, messages = rec.get("audio"), None
+    if "messages" in rec:
+        messages, refs = conversation.from_messages(rec["messages"])
+    else:
+        refs = audio if isinstance(audio, list) else [] if audio is None else [audio]
+        if "conversation" in rec:
+            messages = conversation.from_dataflow(rec["conversation"], refs)
+    if not refs:
+        raise LookupError("row has no 'audio' path" + (" and its messages no audio item" if messages else ""))
+    items = [_audio(ref, manifest, f"{where}/{k}" if len(refs) > 1 else where) for k, ref in enumerate(refs)]
+    chat = json.dumps(conversation.check(messages)) if messages is not None else None
+    return [u for u, _ in items], [b for _, b in items], chat
+
+
 def _row(manifest: str, index: int, rec: object, error: str | None = None) -> dict:
+    where = f"{manifest}:{index + 1}"
     if error is None and not isinstance(rec, dict):
-        error = f"read/bad_row: {manifest}:{index + 1}: expected a JSON object, got {type(rec).__name__}"
+        error = f"read/bad_row: {where}: expected a JSON object, got {type(rec).__name__}"
     rec = rec if isinstance(rec, dict) and error is None else {}
-    audio, inline = rec.get("audio"), None
-    if isinstance(audio, dict):  # the Hugging Face datasets Audio struct: {"bytes": ..., "path": ...}
-        inline, audio = audio.get("bytes"), audio.get("path")
-        if inline is not None:
-            audio = audio or f"{manifest}#{index}"  # provenance for inline audio without a path
-    if error is None and not isinstance(audio, str):
-        error = (f"read/no_audio: {manifest}:{index + 1}: row has no 'audio' path"
-                 if audio is None else f"read/bad_audio: {manifest}:{index + 1}: 'audio' must be a path or "
-                                       "an {bytes, path} struct")
+    uris, inline, chat = None, None, None
+    if error is None:
+        try:
+            uris, inline, chat = _items(rec, manifest, f"{manifest}#{index}")
+        except LookupError as e:
+            error = f"read/no_audio: {where}: {e}"
+        except BadAudio as e:
+            error = f"read/bad_audio: {where}: {e}"
+        except conversation.ConversationError as e:
+            error = f"read/bad_conversation: {where}: {e}"
     rid = rec.get("id")
     return {
         **rec,
         "id": str(rid) if rid is not None else derive_id(manifest, index),
-        "audio": (audio if inline is not None else resolve(audio, manifest)) if error is None
-        else (audio if isinstance(audio, str) else None),
-        "audio_bytes": inline if error is None else None,
+        # The resolved uris; on a row that failed, what it named, for the error row's provenance.
+        "audio": uris if uris is not None else [rec["audio"]] if isinstance(rec.get("audio"), str) else None,
+        "audio_uris": uris,
+        "audio_bytes": inline,
+        "chat": chat,
         "error": error,
         "source_manifest": manifest,
         "source_row": index,
@@ -110,18 +150,28 @@ def _parquet_rows(manifest: str, f, start: int, stop: int, skip: set[int]) -> It
         first += n
 
 
+# The columns this stage makes, typed: every block has one schema whatever its rows hold.
+TYPES = {"id": pa.string(), "audio": pa.list_(pa.string()), "audio_uris": pa.list_(pa.string()),
+         "audio_bytes": pa.list_(pa.binary()), "chat": pa.string(), "error": pa.string(),
+         "source_manifest": pa.string(), "source_row": pa.int64()}
+
+
 def _column(values: list) -> pa.Array:
+    """A pass-through column. Nested values (conversations, metadata) become JSON text, and so do
+    columns whose rows mix types: each block must have one schema, and all blocks the same one."""
+    if any(isinstance(v, (dict, list)) for v in values):
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types across rows in a pass-through column: keep the data, as JSON text.
         return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
 
 
 def to_table(rows: list[dict]) -> pa.Table:
     """Rows with differing keys -> one table over the union of keys (missing values are null)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return pa.table({k: _column([r.get(k) for r in rows]) for k in keys})
+    return pa.table({k: pa.array([r.get(k) for r in rows], TYPES[k]) if k in TYPES else
+                     _column([r.get(k) for r in rows]) for k in keys})
 
 
 def read_chunk(manifest: str, start: int, stop: int, offset: int = 0, skip: set[int] = frozenset()) -> pa.Table | None:

@@ -2,8 +2,8 @@
 
 A stage is its config plus a UDF that Ray Data runs with `map_batches(batch_format="pyarrow")`.
 Batches stay Arrow end to end so pass-through columns (nested conversations, metadata) reach the
-output parquet exactly as they came in, and audio travels as one `list<float32>` column without
-per-row Python objects.
+output parquet exactly as they came in, and audio travels as one nested `list<float32>` column (the
+clips of each row) without per-row Python objects.
 """
 from __future__ import annotations
 
@@ -73,24 +73,28 @@ def errors(table: pa.Table) -> list[str | None]:
     return table.column(ERROR).to_pylist() if ERROR in table.column_names else [None] * table.num_rows
 
 
-def audio_column(arrays: list[np.ndarray | None]) -> pa.Array:
-    """Ragged float32 audio as one `list<float32>` Arrow column (None for rows without audio)."""
-    lengths = np.array([0 if a is None else len(a) for a in arrays], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    present = [a for a in arrays if a is not None]
-    values = np.concatenate(present).astype(np.float32, copy=False) if present else np.zeros(0, np.float32)
-    mask = pa.array([a is None for a in arrays])
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+def audio_column(rows: list[list[np.ndarray] | None]) -> pa.Array:
+    """Each row's clips (ragged float32 arrays) as one `large_list<large_list<float32>>` Arrow column,
+    None for rows without audio. One contiguous buffer: no per-row Python objects cross Ray."""
+    clips = [c for r in rows if r is not None for c in r]
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    inner_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = np.concatenate(clips).astype(np.float32, copy=False) if clips else np.zeros(0, np.float32)
+    inner = pa.LargeListArray.from_arrays(pa.array(inner_offsets), pa.array(values))
+    counts = np.array([0 if r is None else len(r) for r in rows], dtype=np.int64)
+    outer_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return pa.LargeListArray.from_arrays(pa.array(outer_offsets), inner, mask=pa.array([r is None for r in rows]))
 
 
-def audio_arrays(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
-    """Inverse of `audio_column`: zero-copy numpy views, None for null rows."""
+def audio_arrays(column: pa.ChunkedArray | pa.Array) -> list[list[np.ndarray] | None]:
+    """Inverse of `audio_column`: each row's clips as zero-copy numpy views, None for rows without audio."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    out: list[np.ndarray | None] = []
+    out: list[list[np.ndarray] | None] = []
     for chunk in chunks:
-        chunk = chunk.cast(pa.large_list(pa.float32()))
-        offsets = chunk.offsets.to_numpy()
-        values = chunk.values.to_numpy(zero_copy_only=False)
-        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        out.extend(values[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(len(chunk)))
+        chunk = chunk.cast(pa.large_list(pa.large_list(pa.float32())))
+        outer, valid = chunk.offsets.to_numpy(), chunk.is_valid().to_numpy(zero_copy_only=False)
+        inner = chunk.values
+        offsets, values = inner.offsets.to_numpy(), inner.values.to_numpy(zero_copy_only=False)
+        clips = [values[offsets[j]:offsets[j + 1]] for j in range(len(inner))]
+        out.extend(clips[outer[i]:outer[i + 1]] if valid[i] else None for i in range(len(chunk)))
     return out

@@ -2,7 +2,7 @@
 
 Each batch becomes one file: written under a dot-name, then renamed (on object stores the upload itself
 is atomic), so a file that exists under its final name is complete. A rerun reads the committed files'
-`(source_manifest, source_row, segment)` keys, deletes leftovers of a killed run, and skips every input
+`(source_manifest, source_row, segment, prompt_id)` keys, deletes leftovers of a killed run, and skips every input
 row whose windows are all committed: nothing lost, nothing twice. `_summary.json` and `_SUCCESS` come last.
 """
 from __future__ import annotations
@@ -16,18 +16,34 @@ import pyarrow as pa
 
 from operators.stage import put
 
-DROP = ("waveform", "prompt_text", "audio_bytes")
-LEAD = ("id", "audio", "{column}", "error", "warning", "model", "prompt", "duration_s", "segment", "segments",
-        "segment_start_s", "segment_end_s", "sampling", "run_id", "created_at")
-KEYS = ["source_manifest", "source_row", "segment", "segments"]
+DROP = ("waveform", "prompt_text", "audio_bytes", "audio_uris", "chat")
+LEAD = ("output_id", "id", "audio", "prompt_id", "{column}", "error", "warning", "model", "prompt", "duration_s",
+        "segment", "segments", "segment_start_s", "segment_end_s", "sampling", "run_id", "created_at")
+# What identifies an output row: an input row's window, asked one prompt; with the counts that say when
+# an input row is complete.
+KEYS = ["source_manifest", "source_row", "segment", "segments", "prompt_id", "prompts"]
 SUMMARY, SUCCESS, PART = "_summary.json", "_SUCCESS", "part-"
 
 
-def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: str, created_at: datetime) -> pa.Table:
-    """Drop working columns, add provenance, put the columns users query first."""
+def audio_text(audio: list[str] | None) -> str | None:
+    """A row's audio as one string: its uri, or the JSON list of several."""
+    if audio is None:
+        return None
+    return audio[0] if len(audio) == 1 else json.dumps(audio)
+
+
+def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: str, created_at: datetime,
+             audio_list: bool = False) -> pa.Table:
+    """Drop working columns, add provenance, put the columns users query first. `audio` is the list of a
+    row's audio uris for question answering (as DataFlow-MM writes it), else the clip's uri."""
     batch = batch.drop_columns([c for c in DROP if c in batch.column_names])
+    if not audio_list and "audio" in batch.column_names:
+        batch = put(batch, audio=pa.array([audio_text(a) for a in batch.column("audio").to_pylist()], pa.string()))
     n = batch.num_rows
-    batch = put(batch, model=pa.array([model] * n, pa.string()), sampling=pa.array([sampling] * n, pa.string()),
+    # Unique and stable across runs: the input row's id, the prompt, the window.
+    output_id = [f"{i}/{p}/{s}" for i, p, s in zip(*(batch.column(c).to_pylist() for c in ("id", "prompt_id",
+                                                                                              "segment")))]
+    batch = put(batch, output_id=pa.array(output_id, pa.string()), model=pa.array([model] * n, pa.string()), sampling=pa.array([sampling] * n, pa.string()),
                 run_id=pa.array([run_id] * n, pa.string()),
                 created_at=pa.array([created_at] * n, pa.timestamp("us", tz="UTC")))
     lead = [c.format(column=column) for c in LEAD]
@@ -69,11 +85,11 @@ def write_batch(batch: pa.Table, output: str, run_id: str, **provenance) -> pa.T
     return pa.table({"file": [path], "rows": [table.num_rows]})
 
 
-def apply(ds, cfg, column: str, run_id: str, created_at: datetime):
+def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False):
     sampling = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
     return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
                                                       model=cfg.model.path, sampling=sampling,
-                                                      created_at=created_at),
+                                                      created_at=created_at, audio_list=audio_list),
                           # No CPU reservation: commits must keep pace with the engine even on a box whose cores
                           # the actors hold, or Ray Data defers them to the end and a crash loses everything.
                           batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)
@@ -99,14 +115,14 @@ def committed(output: str, columns: list[str] = KEYS) -> tuple[pa.Table | None, 
 
 
 def done_rows(table: pa.Table | None) -> dict[str, list[int]]:
-    """Input rows per manifest whose every window is committed."""
+    """Input rows per manifest whose every window and prompt is committed."""
     if table is None:
         return {}
-    seen: dict[tuple[str, int], set[int]] = defaultdict(set)
+    seen: dict[tuple[str, int], set[tuple[int, str]]] = defaultdict(set)
     total: dict[tuple[str, int], int] = {}
-    for m, r, s, n in zip(*(table.column(c).to_pylist() for c in KEYS)):
-        seen[(m, r)].add(s)
-        total[(m, r)] = n
+    for m, r, s, n, p, k in zip(*(table.column(c).to_pylist() for c in KEYS)):
+        seen[(m, r)].add((s, p))
+        total[(m, r)] = n * k
     out: dict[str, list[int]] = defaultdict(list)
     for (m, r), segs in seen.items():
         if len(segs) == total[(m, r)]:
@@ -124,7 +140,7 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
     cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens"]
     table, files = committed(output, cols)
     rows = table.to_pylist() if table is not None else []
-    keys = Counter((r["source_manifest"], r["source_row"], r["segment"]) for r in rows)
+    keys = Counter((r["source_manifest"], r["source_row"], r["segment"], r["prompt_id"]) for r in rows)
     kinds = Counter(error_kind(r["error"]) for r in rows if r["error"])
     ok = [r for r in rows if r["error"] is None]
     summary = {
@@ -135,7 +151,9 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
         "rows_ok": len(ok),
         "rows_error": sum(kinds.values()),
         "errors_by_kind": dict(sorted(kinds.items())),
-        "audio_hours": round(sum(r["segment_end_s"] - r["segment_start_s"] for r in ok) / 3600, 6),
+        # Each window once, however many prompts it was asked.
+        "audio_hours": round(sum({(r["source_manifest"], r["source_row"], r["segment"]):
+                                  r["segment_end_s"] - r["segment_start_s"] for r in ok}.values()) / 3600, 6),
         "prompt_tokens": sum(r["prompt_tokens"] or 0 for r in ok),
         "output_tokens": sum(r["output_tokens"] or 0 for r in ok),
         "files": len(files),

@@ -19,6 +19,8 @@ def assets() -> dict:
     root = os.path.join(ROOT, ".cache")
     build.main(["--root", root])
     return {"model": os.path.join(root, "models", "tiny-qwen2-audio"),
+            "af3": os.path.join(root, "models", "tiny-audio-flamingo-3"),
+            "aqa": os.path.join(root, "aqa"),
             "manifest": os.path.join(root, "samples", "manifest.jsonl"),
             "samples": os.path.join(root, "samples")}
 

@@ -1,10 +1,35 @@
+import json
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from operators import conversation as conv
 from operators.models import spec
-from operators.prompt import Prompt, render
+from operators.prompt import CONVERSATION, Prompt, render
 
-QWEN2_AUDIO = spec("qwen2-audio")
+QWEN2_AUDIO, AF3, OMNI = spec("qwen2-audio"), spec("audio-flamingo-3"), spec("qwen2.5-omni")
+
+# Qwen2.5-Omni's chat template, as shipped with Qwen/Qwen2.5-Omni-7B (the tiny checkpoint cannot be built
+# here: its processor needs torchvision's video transforms; see the model registry).
+OMNI_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 
 @pytest.fixture(scope="module")
@@ -14,15 +39,26 @@ def processor(assets):
     return AutoProcessor.from_pretrained(assets["model"])
 
 
-def test_prompt_equals_the_hf_chat_template_rendering(processor):
+@pytest.fixture(scope="module")
+def af3(assets):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(assets["af3"])
+
+
+def caption(system=None, text="Describe the audio in detail.", n_audio=1):
+    return conv.with_system(conv.instruction(n_audio, text), system)
+
+
+def test_qwen2_audio_prompt_equals_the_hf_chat_template_rendering(processor):
     # The conversation as the Qwen2-Audio model card writes it.
-    conversation = [
+    card = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": [{"type": "audio", "audio_url": "clip.wav"},
                                      {"type": "text", "text": "Describe the audio in detail."}]},
     ]
-    hf = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    ours = render(processor, QWEN2_AUDIO, None, "Describe the audio in detail.")
+    hf = processor.apply_chat_template(card, add_generation_prompt=True, tokenize=False)
+    ours = render(processor, QWEN2_AUDIO, caption())
     assert ours == hf
     assert ours == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                     "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe the audio in detail.<|im_end|>\n"
@@ -30,30 +66,131 @@ def test_prompt_equals_the_hf_chat_template_rendering(processor):
 
 
 def test_configured_system_prompt_is_used(processor):
-    assert render(processor, QWEN2_AUDIO, "Be terse.", "Hi").startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    assert render(processor, QWEN2_AUDIO, caption("Be terse.")).startswith("<|im_start|>system\nBe terse.<|im_end|>")
 
 
-def expected_audio_tokens(n_samples: int) -> int:
-    """Qwen2-Audio: 100 mel frames/s, conv stride 2, then avg-pool 2: 25 tokens per second of audio."""
+def test_dataflow_conversation_renders_as_the_equivalent_hf_messages(processor):
+    """Two audios placed by markers, an earlier answer kept: the same text as the hand-written messages."""
+    turns = [{"from": "human", "value": "First <audio> then <audio> Which is louder?"},
+             {"from": "gpt", "value": "The first."}, {"from": "human", "value": "Why?"}]
+    hand = [{"role": "user", "content": [{"type": "text", "text": "First"}, {"type": "audio", "audio_url": "a.wav"},
+                                         {"type": "text", "text": "then"}, {"type": "audio", "audio_url": "b.wav"},
+                                         {"type": "text", "text": "Which is louder?"}]},
+            {"role": "assistant", "content": "The first."}, {"role": "user", "content": [{"type": "text", "text": "Why?"}]}]
+    ours = render(processor, QWEN2_AUDIO, conv.from_dataflow(turns, ["a.wav", "b.wav"]))
+    assert ours == processor.apply_chat_template(hand, add_generation_prompt=True, tokenize=False)
+    assert ours.count("<|AUDIO|>") == 2 and "The first.<|im_end|>" in ours
+
+
+def qwen_audio_tokens(n_samples: int) -> int:
+    """Qwen2-Audio and AF3: 100 mel frames/s, conv stride 2, then avg-pool 2: 25 tokens per second."""
     frames = -(-n_samples // 160)
     return ((frames - 1) // 2 + 1 - 2) // 2 + 1
 
 
+def placeholders(proc, prompt: str, waves: list, token: str) -> int:
+    out = proc(text=prompt, audio=waves, sampling_rate=16000, return_tensors="pt")
+    return int((out["input_ids"][0] == proc.tokenizer.convert_tokens_to_ids(token)).sum())
+
+
 @pytest.mark.parametrize("seconds", [1.0, 3.0, 12.5, 30.0])
-def test_processing_yields_one_placeholder_per_audio_token(processor, seconds):
-    prompt = render(processor, QWEN2_AUDIO, None, "Describe the audio in detail.")
+def test_qwen2_audio_one_placeholder_per_audio_token(processor, seconds):
     wave = np.zeros(int(16000 * seconds), np.float32)
-    out = processor(text=prompt, audio=[wave], sampling_rate=16000, return_tensors="np")
-    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
-    n = int((out["input_ids"][0] == audio_id).sum())
-    assert n == expected_audio_tokens(len(wave))
+    n = placeholders(processor, render(processor, QWEN2_AUDIO, caption()), [wave], "<|AUDIO|>")
+    assert n == qwen_audio_tokens(len(wave))
     assert n == pytest.approx(25 * seconds, abs=1)
 
 
-def test_prompt_stage_writes_instruction_and_rendered_text(assets):
-    import pyarrow as pa
+def test_qwen2_audio_two_clips_get_their_own_placeholders(processor):
+    waves = [np.zeros(16000, np.float32), np.zeros(48000, np.float32)]
+    n = placeholders(processor, render(processor, QWEN2_AUDIO, caption(n_audio=2)), waves, "<|AUDIO|>")
+    assert n == qwen_audio_tokens(16000) + qwen_audio_tokens(48000)
 
-    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system=None, instruction="What is it?")
-    out = stage(pa.table({"id": ["a", "b"]}))
-    assert out.column("prompt").to_pylist() == ["What is it?"] * 2
-    assert out.column("prompt_text")[0].as_py().endswith("What is it?<|im_end|>\n<|im_start|>assistant\n")
+
+def test_af3_prompt_equals_the_hf_chat_template_rendering(af3):
+    # The conversation as the transformers AF3 docs write it (text before audio: AF3 puts <sound> first).
+    docs = [{"role": "user", "content": [{"type": "text", "text": "Transcribe the input speech."},
+                                         {"type": "audio", "path": "clip.wav"}]}]
+    hf = af3.apply_chat_template(docs, add_generation_prompt=True, tokenize=False)
+    ours = render(af3, AF3, caption(text="Transcribe the input speech."))
+    assert ours == hf == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                          "<sound>Transcribe the input speech.<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("seconds", [1.0, 12.5, 30.0, 45.0, 600.0])
+def test_af3_placeholders_cover_every_30s_window_up_to_600s(af3, seconds):
+    """AF3's processor cuts audio into 30 s windows (20 at most): the tokens of all windows, nothing lost
+    up to the registry's 600 s window."""
+    assert AF3.window_s == 600.0
+    n_samples = int(16000 * seconds)
+    wave = np.zeros(n_samples, np.float32)
+    n = placeholders(af3, render(af3, AF3, caption()), [wave], "<sound>")
+    full, rest = divmod(n_samples, 480000)
+    assert n == full * qwen_audio_tokens(480000) + (qwen_audio_tokens(rest) if rest else 0)
+
+
+def test_qwen2_5_omni_prompt_equals_the_chat_template_rendering(assets):
+    """Rendered with the template Qwen2.5-Omni ships (through the tokenizer: the Omni processor cannot be
+    built without torchvision here)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets["model"])
+    tok.chat_template = OMNI_CHAT_TEMPLATE
+    card = [{"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+            {"role": "user", "content": [{"type": "audio", "audio": "clip.wav"},
+                                         {"type": "text", "text": "Describe the audio in detail."}]}]
+    hf = tok.apply_chat_template(card[1:], add_generation_prompt=True, tokenize=False)
+    assert render(tok, OMNI, caption()) == hf == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|audio_bos|><|AUDIO|><|audio_eos|>Describe the audio in detail.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_whisper_prompt_is_fixed():
+    assert render(None, spec("whisper-en"), caption()) == "<|startoftranscript|><|notimestamps|>"
+
+
+def rows(chats, uris=None, err=None):
+    n = len(chats)
+    return pa.table({"id": [f"r{i}" for i in range(n)],
+                     "audio_uris": uris or [["a.wav"]] * n, "chat": chats, "error": [err] * n})
+
+
+PROMPTS = {"caption": {"instruction": "Describe it.", "system": None},
+           "events": {"instruction": "What sound events occur?", "system": "Be brief."},
+           "lang": {"instruction": "Is there speech? What language?", "system": None}}
+
+
+def test_fan_out_gives_every_clip_every_prompt(assets):
+    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    out = stage(rows([None, None]))
+    assert out.column("id").to_pylist() == ["r0"] * 3 + ["r1"] * 3
+    assert out.column("prompt_id").to_pylist() == ["caption", "events", "lang"] * 2
+    assert set(out.column("prompts").to_pylist()) == {3}
+    texts = out.column("prompt_text").to_pylist()
+    assert texts[1].startswith("<|im_start|>system\nBe brief.") and texts[0].endswith(
+        "Describe it.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_error_rows_fan_out_too(assets):
+    """A clip that failed to decode still comes out once per prompt, with its error."""
+    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    out = stage(rows([None], err="decode/missing: a.wav: no such file"))
+    assert out.column("prompt_id").to_pylist() == list(PROMPTS)
+    assert out.column("error").to_pylist() == ["decode/missing: a.wav: no such file"] * 3
+    assert out.column("prompt_text").to_pylist() == [None] * 3
+
+
+def test_conversations_are_answered_as_they_are(assets):
+    chat = json.dumps(conv.from_dataflow([{"from": "human", "value": "<audio>What is it?"}], ["a.wav"]))
+    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True)
+    out = stage(rows([chat, None]))
+    assert out.column("prompt_id").to_pylist() == [CONVERSATION] * 2
+    assert out.column("prompt").to_pylist()[0] == "What is it?"
+    assert out.column("prompt_text")[0].as_py().startswith("<|im_start|>system\nBe brief.")
+    assert out.column("error").to_pylist()[1].startswith("prompt/no_conversation: a.wav")
+
+
+def test_too_many_audio_items_is_the_rows_error(assets):
+    stage = Prompt(spec=AF3, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False)
+    out = stage(rows([None], uris=[["a.wav", "b.wav"]]))
+    assert out.column("error")[0].as_py().startswith("prompt/too_many_audio: a.wav, b.wav: the model takes at most 1")

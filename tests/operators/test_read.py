@@ -123,5 +123,42 @@ def test_hf_audio_struct_rows_carry_inline_bytes(tmp_path):
     pq.write_table(pa.table({"audio": pa.array(audio, struct)}), p)
     rows = _rows(str(p), chunk=10)
     assert [(r["audio"], r["audio_bytes"]) for r in rows] == [
-        ("a.wav", b"RIFF.."), (f"{tmp_path}/b.wav", None), (f"{p}#2", b"x")]
+        ("a.wav", [b"RIFF.."]), (f"{tmp_path}/b.wav", [None]), (f"{p}#2", [b"x"])]
     assert all(r["error"] is None for r in rows)
+
+
+def test_dataflow_and_openai_rows_as_they_are(assets):
+    """The DataFlow-MM guide's lines and OpenAI chat rows: audio resolved against the manifest's folder."""
+    import glob
+    import json
+    import os
+
+    folder = os.path.join(assets["aqa"], "data")
+    clips = os.path.normpath(os.path.join(folder, "../example_data/audio_aqa_pipeline"))
+    guide = _rows(os.path.join(folder, "sample_data.jsonl"), chunk=10)
+    assert [r["audio_uris"] for r in guide] == [[f"{clips}/test_1.wav"], [f"{clips}/test_2.wav"]]
+    assert json.loads(guide[0]["chat"])[0]["content"][-1] == {"type": "text", "text": "Transcribe the audio into Chinese."}
+    rows = [r for m in sorted(glob.glob(f"{folder}/*.jsonl")) for r in _rows(m, chunk=10)]
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["two-audios"]["audio_uris"] == [f"{clips}/test_2.wav", f"{clips}/test_3.flac"]
+    inline = by_id["oa-input-audio"]
+    assert inline["audio_bytes"][0][:4] == b"RIFF" and inline["audio_uris"] == [f"{folder}/messages.jsonl#3"]
+    assert [m["role"] for m in json.loads(by_id["oa-multi-turn"]["chat"])] == ["user", "assistant", "user"]
+
+
+def test_unanswerable_conversations_are_error_rows(tmp_path):
+    import json
+
+    m = tmp_path / "m.jsonl"
+    lines = [{"audio": ["a.wav"], "conversation": [{"from": "human", "value": "<audio><audio>?"}]},
+             {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]},
+                           {"role": "assistant", "content": "done"}]},
+             {"messages": [{"role": "user", "content": "no audio here"}]},
+             {"audio": 5}]
+    m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    errs = [r["error"] for r in _rows(str(m), chunk=10)]
+    assert errs == [f"read/bad_conversation: {m}:1: 2 <audio> markers but 1 audio files",
+                    f"read/bad_conversation: {m}:2: the last turn is the assistant's; nothing to answer",
+                    f"read/no_audio: {m}:3: row has no 'audio' path and its messages no audio item",
+                    f"read/bad_audio: {m}:4: 'audio' must be a path, a list of paths or an {{bytes, path}} struct"]

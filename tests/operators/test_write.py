@@ -7,11 +7,14 @@ import pytest
 from operators import write
 
 
-def rows(manifest="m.jsonl", keys=((0, 0, 1),), error=None):
+def rows(manifest="m.jsonl", keys=((0, 0, 1),), error=None, prompt_ids=None):
+    """Output rows at (source_row, segment, segments) keys, each asked one of `prompt_ids`."""
     n = len(keys)
-    return pa.table({"id": [f"r{r}-{s}" for r, s, _ in keys], "caption": ["x"] * n, "error": [error] * n,
+    pids = prompt_ids or ["caption"] * n
+    return pa.table({"id": [f"r{r}" for r, _, _ in keys], "caption": ["x"] * n, "error": [error] * n,
                      "source_manifest": [manifest] * n, "source_row": [r for r, _, _ in keys],
                      "segment": [s for _, s, _ in keys], "segments": [k for _, _, k in keys],
+                     "prompt_id": pids, "prompts": [len(set(pids))] * n,
                      "segment_start_s": [0.0] * n, "segment_end_s": [1.0] * n,
                      "prompt_tokens": [10] * n, "output_tokens": [3] * n,
                      "waveform": [[0.0]] * n})
@@ -21,7 +24,8 @@ def test_finalize_drops_working_columns_and_adds_provenance():
     t = write.finalize(rows(), column="caption", model="m", sampling="{}", run_id="run",
                        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
     assert "waveform" not in t.column_names
-    assert t.column_names[:3] == ["id", "caption", "error"]
+    assert t.column_names[:5] == ["output_id", "id", "prompt_id", "caption", "error"]
+    assert t.column("output_id").to_pylist() == ["r0/caption/0"]
     assert t.column("run_id").to_pylist() == ["run"]
 
 
@@ -29,6 +33,12 @@ def test_done_rows_needs_every_window():
     t = rows(keys=[(0, 0, 1), (1, 0, 3), (1, 2, 3), (2, 0, 2), (2, 1, 2)])
     assert write.done_rows(t) == {"m.jsonl": [0, 2]}
     assert write.done_rows(None) == {}
+
+
+def test_done_rows_needs_every_prompt():
+    t = rows(keys=[(0, 0, 1), (0, 0, 1), (1, 0, 1)], prompt_ids=["caption", "events", "caption"])
+    t = t.set_column(t.column_names.index("prompts"), "prompts", pa.array([2, 2, 2]))
+    assert write.done_rows(t) == {"m.jsonl": [0]}
 
 
 def test_error_kind():
