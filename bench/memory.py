@@ -71,7 +71,7 @@ def measure(rows: int, seconds: float, folder: str) -> dict:
     sampler = Sampler()
     sampler.start()
     t0 = time.time()
-    summary = run(cfg, caption.build, caption.COLUMN, fresh=True)
+    summary = run(cfg, caption.JOB, fresh=True)
     sampler.running = False
     sampler.join()
     assert summary["rows_out"] == rows, summary

@@ -43,7 +43,7 @@ def pipeline(manifest: str, out: str, overrides: list[str]) -> float:
     from operators import config
 
     cfg = config.load(DEMO, overrides, input=manifest, output=out)
-    summary = run(cfg, caption.build, caption.COLUMN, fresh=True)
+    summary = run(cfg, caption.JOB, fresh=True)
     assert summary["rows_ok"] == summary["rows_in"], summary
     files = [os.path.join(out, f) for f in os.listdir(out) if f.startswith("part-")]
     stamps = sorted((os.stat(f).st_mtime, sf_rows(f)) for f in files)
@@ -65,12 +65,15 @@ def engine_only(manifest: str, overrides: list[str]) -> float:
     from operators.decode import load
     from operators.generate import engine_args, sampling_args
     from operators.models import spec
+    from operators.conversation import instruction, with_system
     from operators.prompt import render
 
     cfg = config.load(DEMO, overrides, input=manifest, output="unused")
     os.environ.update(cfg.engine.env)
     model = spec(cfg.model.family)
-    prompt = render(AutoProcessor.from_pretrained(cfg.model.path), model, cfg.prompt.system, cfg.prompt.instruction)
+    (ask,) = config.prompts(cfg).values()
+    prompt = render(AutoProcessor.from_pretrained(cfg.model.path), model,
+                    with_system(instruction(1, ask.instruction), ask.system or cfg.prompt.system))
     folder = os.path.dirname(manifest)
     rows = [json.loads(line) for line in open(manifest)]
     waves = [load(os.path.join(folder, r["audio"]), model.sample_rate)[0] for r in rows]

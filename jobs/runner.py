@@ -73,7 +73,7 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     prompts = check(cfg, job)
     spec = model_spec(cfg.model.family)
     prepare_output(cfg.output, fresh)
-    done = write.done_rows(write.committed(cfg.output)[0])
+    done, partial = write.resume(write.committed(cfg.output)[0])
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
     env = config_mod.storage_env(cfg)
     # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
@@ -88,7 +88,7 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     written = 0
     if chunks:  # else all is committed: no engine to start
         ds = write.apply(job.build(read.read(chunks), cfg, spec, prompts), cfg, job.column, run_id, started,
-                         audio_list=job.conversations)
+                         audio_list=job.conversations, committed=partial)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
     extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
              "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}

@@ -2,8 +2,9 @@
 
 Each batch becomes one file: written under a dot-name, then renamed (on object stores the upload itself
 is atomic), so a file that exists under its final name is complete. A rerun reads the committed files'
-`(source_manifest, source_row, segment, prompt_id)` keys, deletes leftovers of a killed run, and skips every input
-row whose windows are all committed: nothing lost, nothing twice. `_summary.json` and `_SUCCESS` come last.
+`(source_manifest, source_row, segment, prompt_id)` keys, deletes leftovers of a killed run, skips every input
+row whose windows and prompts are all committed, and of a half-written row writes only what is missing:
+nothing lost, nothing twice. `_summary.json` and `_SUCCESS` come last.
 """
 from __future__ import annotations
 
@@ -78,18 +79,31 @@ def commit(table: pa.Table, output: str, name: str) -> str:
     return final
 
 
-def write_batch(batch: pa.Table, output: str, run_id: str, **provenance) -> pa.Table:
-    """Ray Data UDF: finalize one batch, commit it as one file, return what was written."""
+def unit(m: str, r: int, s: int, p: str) -> str:
+    return f"{m}#{r}#{s}#{p}"
+
+
+def write_batch(batch: pa.Table, output: str, run_id: str, committed: frozenset = frozenset(),
+                **provenance) -> pa.Table:
+    """Ray Data UDF: finalize one batch, commit it as one file, return what was written. Rows already
+    `committed` (the other windows or prompts of an input row a crash left half written) are dropped."""
+    if committed:
+        keys = zip(*(batch.column(c).to_pylist() for c in ("source_manifest", "source_row", "segment", "prompt_id")))
+        batch = batch.filter(pa.array([unit(*k) not in committed for k in keys]))
+    if batch.num_rows == 0:
+        return pa.table({"file": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
     table = finalize(batch, run_id=run_id, **provenance)
     path = commit(table, output, f"{PART}{run_id}-{uuid.uuid4().hex[:12]}.parquet")
     return pa.table({"file": [path], "rows": [table.num_rows]})
 
 
-def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False):
+def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False,
+          committed: frozenset = frozenset()):
     sampling = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
     return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
                                                       model=cfg.model.path, sampling=sampling,
-                                                      created_at=created_at, audio_list=audio_list),
+                                                      created_at=created_at, audio_list=audio_list,
+                                                      committed=committed),
                           # No CPU reservation: commits must keep pace with the engine even on a box whose cores
                           # the actors hold, or Ray Data defers them to the end and a crash loses everything.
                           batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)
@@ -112,6 +126,17 @@ def committed(output: str, columns: list[str] = KEYS) -> tuple[pa.Table | None, 
                 tables.append(pq.read_table(f, columns=columns))
             files.append(path)
     return (pa.concat_tables(tables, promote_options="default") if tables else None), files
+
+
+def resume(table: pa.Table | None) -> tuple[dict[str, list[int]], frozenset]:
+    """What a rerun skips: the input rows whose every window and prompt is committed, and the committed
+    units of the rest (a commit holds a fixed number of rows, so an input row can end up half written)."""
+    done = done_rows(table)
+    if table is None:
+        return done, frozenset()
+    keys = zip(*(table.column(c).to_pylist() for c in ("source_manifest", "source_row", "segment", "prompt_id")))
+    complete = {(m, r) for m, rs in done.items() for r in rs}
+    return done, frozenset(unit(m, r, s, p) for m, r, s, p in keys if (m, r) not in complete)
 
 
 def done_rows(table: pa.Table | None) -> dict[str, list[int]]:

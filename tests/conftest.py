@@ -21,6 +21,7 @@ def assets() -> dict:
     return {"model": os.path.join(root, "models", "tiny-qwen2-audio"),
             "af3": os.path.join(root, "models", "tiny-audio-flamingo-3"),
             "aqa": os.path.join(root, "aqa"),
+            "speech": os.path.join(root, "speech"),
             "manifest": os.path.join(root, "samples", "manifest.jsonl"),
             "samples": os.path.join(root, "samples")}
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.read import derive_id
-from tests.operators.test_prompt import expected_audio_tokens
+from tests.operators.test_prompt import caption, qwen_audio_tokens
 
 CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
 
@@ -67,11 +67,11 @@ def test_audio_reaches_the_engine_at_the_model_rate(run, assets):
                 from operators.prompt import render
                 from transformers import AutoProcessor
 
-                prompt = render(AutoProcessor.from_pretrained(assets["model"]), spec("qwen2-audio"), None,
-                                r["prompt"])
+                prompt = render(AutoProcessor.from_pretrained(assets["model"]), spec("qwen2-audio"),
+                                caption(text=r["prompt"]))
                 text_tokens = len(tok(prompt)["input_ids"]) - 1  # minus the one <|AUDIO|> placeholder
             n = round((r["segment_end_s"] - r["segment_start_s"]) * 16000)
-            assert r["prompt_tokens"] == text_tokens + expected_audio_tokens(n), r["id"]
+            assert r["prompt_tokens"] == text_tokens + qwen_audio_tokens(n), r["id"]
 
 
 def test_output_schema_and_provenance(run):
@@ -81,10 +81,12 @@ def test_output_schema_and_provenance(run):
                       ("sampling", pa.string()), ("run_id", pa.string())]:
         assert t.schema.field(name).type == typ, name
     assert pa.types.is_timestamp(t.schema.field("created_at").type)
-    assert t.column_names[:4] == ["id", "audio", "caption", "error"]
+    assert t.column_names[:6] == ["output_id", "id", "audio", "prompt_id", "caption", "error"]
     r = run["rows"][0]
     assert json.loads(r["sampling"])["max_tokens"] == 12
-    assert r["model"].endswith("tiny-qwen2-audio") and r["prompt"] == "Describe the audio in detail."
+    assert r["model"].endswith("tiny-qwen2-audio") and r["prompt"].startswith("Describe the audio in detail:")
+    assert {x["prompt_id"] for x in run["rows"]} == {"caption"}
+    assert len({x["output_id"] for x in run["rows"]}) == len(run["rows"])
     assert len({x["run_id"] for x in run["rows"]}) == 1
     assert {x["source"] for x in run["rows"]} == {"synthetic", "no-id"}  # input columns pass through
 

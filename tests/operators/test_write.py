@@ -41,6 +41,18 @@ def test_done_rows_needs_every_prompt():
     assert write.done_rows(t) == {"m.jsonl": [0]}
 
 
+def test_resume_keeps_the_committed_half_of_a_row():
+    t = rows(keys=[(0, 0, 1), (0, 0, 1), (1, 0, 2)], prompt_ids=["caption", "events", "caption"])
+    t = t.set_column(t.column_names.index("prompts"), "prompts", pa.array([2, 2, 1]))
+    done, partial = write.resume(t)
+    assert done == {"m.jsonl": [0]}
+    assert partial == {write.unit("m.jsonl", 1, 0, "caption")}
+    batch = rows(keys=[(1, 0, 2), (1, 1, 2)])
+    kept = write.write_batch(batch, "memory://resume-test", "run", committed=partial, column="caption",
+                             model="m", sampling="{}", created_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert kept.column("rows").to_pylist() == [1]
+
+
 def test_error_kind():
     assert write.error_kind("decode/missing: a.wav: no such file") == "decode/missing"
 
