@@ -27,6 +27,7 @@ assets: setup
 demo: assets
 	$(PY) -m jobs.caption --config configs/caption-demo.yaml --fresh
 	$(PY) -m jobs.transcribe --config configs/transcribe-demo.yaml --fresh
+	$(PY) -m jobs.aqa --config configs/aqa-demo.yaml --fresh
 
 test: assets
 	$(PY) -m pytest -q tests

@@ -85,17 +85,39 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     chunk = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
     chunks, rows_in = read.plan(read.expand(cfg.input), chunk, done)
     resumed = sum(map(len, done.values()))
-    written = 0
+    written, stages = 0, {}
     if chunks:  # else all is committed: no engine to start
         ds = write.apply(job.build(read.read(chunks), cfg, spec, prompts), cfg, job.column, run_id, started,
                          audio_list=job.conversations, committed=partial)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
+        stages = stage_times(ds)
+    wall = time.time() - t0
     extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
-             "output_rows_this_run": int(written), "wall_s": round(time.time() - t0, 2)}
+             "output_rows_this_run": int(written), "wall_s": round(wall, 2),
+             "output_rows_per_s": round(written / wall, 3), "stages": stages}
     summary = write.summarize(cfg.output, rows_in, extra)
     report_mod.draw(cfg.output, summary)
     write.mark_success(cfg.output)
     return summary
+
+
+def stage_times(ds) -> dict:
+    """Per stage (Ray Data operator): `span_s` from its first task's start to its last task's end, and
+    `busy_s`, the time its tasks ran, summed over actors; from Ray Data's own execution stats."""
+    def ops(summary):  # Ray keeps each operator's stats on the dataset it made: walk the lineage
+        for parent in summary.parents:
+            yield from ops(parent)
+        yield from summary.operators_stats
+
+    out = {}
+    for op in ops(ds.get_stats_summary()):
+        name = op.operator_name.removeprefix("MapBatches(").removesuffix(")")
+        span = (op.latest_end_time - op.earliest_start_time
+                if op.latest_end_time is not None and op.earliest_start_time is not None else None)
+        out[name] = {"span_s": None if span is None else round(span, 2),
+                     "busy_s": round(op.wall_time.sum, 2) if op.wall_time else None,
+                     "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else None}
+    return out
 
 
 def verdict(summary: dict, cfg) -> str | None:
@@ -118,14 +140,16 @@ def verdict(summary: dict, cfg) -> str | None:
 def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
     import pyarrow.dataset as pads
 
-    rate = summary["output_rows_this_run"] / summary["wall_s"] if summary["wall_s"] else 0.0
     print(f"rows in {summary['rows_in']}  rows out {summary['rows_out']}  ok {summary['rows_ok']}  "
-          f"errors {summary['rows_error']}  resumed {summary['rows_resumed']}  {rate:.2f} clips/s  "
-          f"wall {summary['wall_s']:.1f} s")
+          f"errors {summary['rows_error']}  resumed {summary['rows_resumed']}  "
+          f"{summary['output_rows_per_s']:.2f} clips/s  wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
           f"out {summary['output_tokens']}  ({summary['output_tokens'] / max(summary['wall_s'], 1e-9):.1f}/s)")
+    for name, t in summary["stages"].items():
+        print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
+              f"rows {t['rows_out']}")
     print(f"output: {output}  (report: {report_mod.REPORT}, summary: {write.SUMMARY})")
     fs, root = write.output_fs(output)
     files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))

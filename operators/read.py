@@ -69,7 +69,9 @@ def _audio(ref, manifest: str, where: str) -> tuple[str, bytes | None]:
         ref = path
     if isinstance(ref, bytes):
         return where, ref
-    if not isinstance(ref, str) or not ref:
+    if ref == "":
+        raise BadAudio("'audio' is an empty string")
+    if not isinstance(ref, str):
         raise BadAudio("'audio' must be a path, a list of paths or an {bytes, path} struct")
     return resolve(ref, manifest), None
 

@@ -184,6 +184,8 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
         "files": len(files),
         **extra,
     }
+    if summary.get("wall_s"):
+        summary["output_tokens_per_s"] = round(summary["output_tokens"] / summary["wall_s"], 2)
     fs, root = output_fs(output)
     with fs.open(f"{root}/{SUMMARY}", "w") as f:
         json.dump(summary, f, indent=2)

@@ -58,7 +58,7 @@ def corpus(d):
     return [
         ("{not json", "read/bad_json", None),
         ("42", "read/bad_row", None),
-        (row(""), "decode/missing", None),
+        (row(""), "read/bad_audio", None),  # an empty path names no file
         (json.dumps({"id": "no-audio"}), "read/no_audio", None),
         (row(5), "read/bad_audio", None),
         ("[1, 2, 3]", "read/bad_row", None),

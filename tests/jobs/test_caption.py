@@ -100,6 +100,12 @@ def test_summary_and_success_marker_are_written(run):
     assert summary["output_rows"] == len(run["rows"])
     assert summary["errors_by_kind"] == {"decode/missing": 1, "decode/not_audio": 1}
     assert summary["wall_s"] > 0
+    stages = summary["stages"]
+    assert [s for s in stages if s in ("Decode", "Prompt", "Generate", "write_batch")] == [
+        "Decode", "Prompt", "Generate", "write_batch"]
+    assert stages["Generate"]["rows_out"] == len(run["rows"]) and stages["Generate"]["busy_s"] > 0
+    assert 0 < stages["Decode"]["span_s"] <= summary["wall_s"]
+    assert "stage Generate" in run["stdout"]
     assert f"rows in {n}  rows out {n}" in run["stdout"]
     with open(os.path.join(run["out"], "_report.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -26,9 +26,9 @@ def test_jsonl_rows_keep_extra_columns_and_resolve_relative_audio(tmp_path):
                  json.dumps({"audio": "/abs/b.flac", "meta": {"k": [1, 2]}}) + "\n")
     rows = _rows(str(m), chunk=10)
     assert [r["id"] for r in rows][0] == "7"
-    assert rows[0]["audio"] == f"{tmp_path}/a.wav"
+    assert rows[0]["audio"] == rows[0]["audio_uris"] == [f"{tmp_path}/a.wav"]
     assert rows[0]["lang"] == "en" and rows[1]["lang"] is None
-    assert rows[1]["audio"] == "/abs/b.flac" and rows[1]["meta"] == {"k": [1, 2]}
+    assert rows[1]["audio"] == ["/abs/b.flac"] and json.loads(rows[1]["meta"]) == {"k": [1, 2]}  # nested: JSON
     assert all(r["error"] is None for r in rows)
     assert [r["source_row"] for r in rows] == [0, 2]  # positions are line numbers, blank lines skipped
     assert _count(str(m)) == 2
@@ -91,7 +91,7 @@ def test_parquet_manifest(tmp_path):
     p = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "audio": ["x.wav", "s3://b/y.wav"], "n": [1, 2]}), p)
     rows = _rows(str(p))
-    assert [r["audio"] for r in rows] == [f"{tmp_path}/x.wav", "s3://b/y.wav"]
+    assert [r["audio"] for r in rows] == [[f"{tmp_path}/x.wav"], ["s3://b/y.wav"]]
     assert [r["n"] for r in rows] == [1, 2]
     assert _count(str(p)) == 2
 
@@ -123,7 +123,7 @@ def test_hf_audio_struct_rows_carry_inline_bytes(tmp_path):
     pq.write_table(pa.table({"audio": pa.array(audio, struct)}), p)
     rows = _rows(str(p), chunk=10)
     assert [(r["audio"], r["audio_bytes"]) for r in rows] == [
-        ("a.wav", [b"RIFF.."]), (f"{tmp_path}/b.wav", [None]), (f"{p}#2", [b"x"])]
+        (["a.wav"], [b"RIFF.."]), ([f"{tmp_path}/b.wav"], [None]), ([f"{p}#2"], [b"x"])]
     assert all(r["error"] is None for r in rows)
 
 
