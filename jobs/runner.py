@@ -146,7 +146,7 @@ def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
-          f"out {summary['output_tokens']}  ({summary['output_tokens'] / max(summary['wall_s'], 1e-9):.1f}/s)")
+          f"out {summary['output_tokens']}  ({summary.get('output_tokens_per_s', 0):.1f}/s this run)")
     for name, t in summary["stages"].items():
         print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
               f"rows {t['rows_out']}")

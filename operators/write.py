@@ -162,7 +162,7 @@ def error_kind(error: str) -> str:
 
 def summarize(output: str, rows_in: int, extra: dict) -> dict:
     """Count what is committed in `output` and write `_summary.json`."""
-    cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens"]
+    cols = KEYS + ["error", "segment_start_s", "segment_end_s", "prompt_tokens", "output_tokens", "run_id"]
     table, files = committed(output, cols)
     rows = table.to_pylist() if table is not None else []
     keys = Counter((r["source_manifest"], r["source_row"], r["segment"], r["prompt_id"]) for r in rows)
@@ -184,8 +184,9 @@ def summarize(output: str, rows_in: int, extra: dict) -> dict:
         "files": len(files),
         **extra,
     }
-    if summary.get("wall_s"):
-        summary["output_tokens_per_s"] = round(summary["output_tokens"] / summary["wall_s"], 2)
+    if summary.get("wall_s"):  # this run's tokens only: a resume's earlier rows took no time now
+        this_run = sum(r["output_tokens"] or 0 for r in ok if r["run_id"] == summary.get("run_id"))
+        summary["output_tokens_per_s"] = round(this_run / summary["wall_s"], 2)
     fs, root = output_fs(output)
     with fs.open(f"{root}/{SUMMARY}", "w") as f:
         json.dump(summary, f, indent=2)

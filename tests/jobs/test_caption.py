@@ -11,7 +11,8 @@ import pytest
 from operators.read import derive_id
 from tests.operators.test_prompt import caption, qwen_audio_tokens
 
-CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
+# Windows of long clips overlap by 2 s (decode.overlap_s), so what straddles a cut is heard whole once.
+CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml", "decode.overlap_s=2"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,11 @@ def test_every_input_row_comes_out_once(run, assets):
         got = by_source[i]
         assert {r["id"] for r in got} == {rec.get("id", derive_id(assets["manifest"], i))}
         assert [r["segment"] for r in got] == list(range(len(got)))  # one row per window, none twice
-    assert len(by_source[manifest.index(next(m for m in manifest if m.get("id") == "long-22k"))]) == 2
+    long = sorted(by_source[manifest.index(next(m for m in manifest if m.get("id") == "long-22k"))],
+                  key=lambda r: r["segment"])
+    assert len(long) == 2
+    assert long[1]["segment_start_s"] == pytest.approx(long[0]["segment_end_s"] - 2.0)  # the overlap
+    assert long[0]["segment_end_s"] <= 30.0 and long[1]["segment_end_s"] == pytest.approx(40.0)
 
 
 def test_good_rows_are_captioned_and_bad_rows_say_why(run, assets):
@@ -99,6 +104,12 @@ def test_summary_and_success_marker_are_written(run):
     assert summary["rows_in"] == summary["rows_out"] == n
     assert summary["output_rows"] == len(run["rows"])
     assert summary["errors_by_kind"] == {"decode/missing": 1, "decode/not_audio": 1}
+    from collections import Counter
+
+    from operators.write import error_kind
+
+    assert summary["errors_by_kind"] == Counter(error_kind(r["error"]) for r in run["rows"] if r["error"])
+    assert summary["rows_ok"] == sum(r["error"] is None for r in run["rows"])
     assert summary["wall_s"] > 0
     stages = summary["stages"]
     assert [s for s in stages if s in ("Decode", "Prompt", "Generate", "write_batch")] == [

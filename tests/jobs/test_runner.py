@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import soundfile as sf
 
 CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]

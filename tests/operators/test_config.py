@@ -67,3 +67,34 @@ def test_engine_replicas_fixed_or_autoscaling(assets):
         config.load(DEMO, ["engine.replicas=[3, 1]"])
     pool = actors((1, 4), 2)
     assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor) == (1, 4, 2)
+
+
+def test_prompts_come_from_the_library_by_name_in_order(assets):
+    cfg = config.load(DEMO, ["prompt.use=[sound_events, caption]", "prompt.custom.caption=Describe the music."])
+    asks = config.prompts(cfg)
+    assert list(asks) == ["sound_events", "caption"]
+    assert asks["caption"].instruction == "Describe the music."  # overridden for this job
+    assert asks["sound_events"].instruction.startswith("What sound events occur")
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    (["prompt.use=[captoin]"], "prompt.use: unknown prompt 'captoin'; known: caption, caption_short"),
+    (["prompt.use=[caption, caption]"], "prompt.use: Value error, names must be unique"),
+    (["prompt.library=nowhere.yaml"], "prompt.library: no such file 'nowhere.yaml'"),
+    (["decode.overlap_s=26"], "decode.overlap_s: must be shorter than the model's 30 s window"),
+])
+def test_bad_prompt_and_window_settings_fail_fast(assets, overrides, expect):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(DEMO, overrides)
+    assert expect in str(e.value)
+
+
+def test_a_caption_job_needs_a_prompt_and_aqa_a_chat_model(assets):
+    from jobs import aqa, caption
+    from jobs.runner import check
+
+    with pytest.raises(config.ConfigError, match="prompt.use: name at least one prompt"):
+        check(config.load(DEMO, ["prompt.use=[]"]), caption.JOB)
+    whisper = config.load("configs/transcribe-demo.yaml")
+    with pytest.raises(config.ConfigError, match="model.family: 'whisper-en' takes no conversation"):
+        check(whisper, aqa.JOB)

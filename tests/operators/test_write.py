@@ -14,7 +14,7 @@ def rows(manifest="m.jsonl", keys=((0, 0, 1),), error=None, prompt_ids=None):
     return pa.table({"id": [f"r{r}" for r, _, _ in keys], "caption": ["x"] * n, "error": [error] * n,
                      "source_manifest": [manifest] * n, "source_row": [r for r, _, _ in keys],
                      "segment": [s for _, s, _ in keys], "segments": [k for _, _, k in keys],
-                     "prompt_id": pids, "prompts": [len(set(pids))] * n,
+                     "prompt_id": pids, "prompts": [len(set(pids))] * n, "run_id": ["run"] * n,
                      "segment_start_s": [0.0] * n, "segment_end_s": [1.0] * n,
                      "prompt_tokens": [10] * n, "output_tokens": [3] * n,
                      "waveform": [[0.0]] * n})
