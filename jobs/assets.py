@@ -313,15 +313,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=".cache")
     root = ap.parse_args(argv).root
-    model = os.path.join(root, "models", "tiny-qwen2-audio")
+    models = os.path.join(root, "models")
     for name, build in [("tiny-qwen2-audio", build_tiny_qwen2_audio),
                         ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3)]:
-        if not os.path.isdir(os.path.join(root, "models", name)):
-            build(os.path.join(root, "models", name))
+        if not os.path.isdir(os.path.join(models, name)):
+            build(os.path.join(models, name))
     samples = os.path.join(root, "samples")
     if not os.path.isfile(os.path.join(samples, "manifest.jsonl")):
         build_samples(samples)
-    whisper = os.path.join(root, "models", "whisper-tiny-en")
+    whisper = os.path.join(models, "whisper-tiny-en")
     if not os.path.isdir(whisper):
         from jobs.whisper_ct2 import convert, packaged_source
 
@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     aqa = os.path.join(root, "aqa")
     if not os.path.isfile(os.path.join(aqa, "data", "messages.jsonl")):
         build_aqa(aqa, speech, samples)
-    print(f"models: {model}, {whisper}\nmanifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl")
+    print(f"models: {', '.join(sorted(os.listdir(models)))} in {models}\n"
+          f"manifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl, {aqa}/data/*.jsonl")
 
 
 if __name__ == "__main__":

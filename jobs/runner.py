@@ -164,8 +164,7 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv, doc)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
-        check(cfg, job)
-        summary = run(cfg, job, fresh=args.fresh)
+        summary = run(cfg, job, fresh=args.fresh)  # checks the job's own config before Ray starts
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
