@@ -159,6 +159,39 @@ def build_tiny_audio_flamingo_3(out: str, seed: int = 0) -> str:
     return save(model, tmp, out, {"language_model.model.model.": "language_model.model."})
 
 
+CLAP_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def build_tiny_clap(out: str, seed: int = 0) -> str:
+    """A tiny random-weight CLAP (transformers ClapModel, laion/clap-htsat-unfused layout) with its processor:
+    HTSAT audio tower at 48 kHz, a 2-layer RoBERTa text tower and a byte-level BPE trained here."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizerFast
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(CORPUS * 10, trainers.BpeTrainer(vocab_size=500, special_tokens=CLAP_SPECIALS,
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    tok = RobertaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                               unk_token="<unk>", mask_token="<mask>", model_max_length=64)
+    # rand_trunc as laion/clap-htsat-unfused; the score stage never hands it more than 10 s.
+    ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad"),
+                  tokenizer=tok).save_pretrained(tmp)
+    cfg = ClapConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id),
+        audio_config=dict(num_mel_bins=64, spec_size=256, patch_size=4, patch_embeds_hidden_size=16, depths=[1, 1],
+                          num_attention_heads=[1, 2], hidden_size=32, window_size=8, enable_fusion=False),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    return save(ClapModel(cfg).eval(), tmp, out)
+
+
 def _tone(sr: int, seconds: float, freq: float, channels: int = 1, seed: int = 0) -> np.ndarray:
     t = np.arange(int(sr * seconds)) / sr
     rng = np.random.default_rng(seed)
@@ -237,11 +270,82 @@ def build_speech(out: str) -> str:
         x = np.stack([x, 0.8 * x], axis=1) if ch == 2 else x
         sf.write(os.path.join(out, name), x, sr, format=fmt)
         rows.append({"id": name.split(".")[0], "audio": name, "reference": SENTENCES[k]})
+    # No speech at all: whatever a speech model writes for these is a hallucination the quality rules flag.
+    sf.write(os.path.join(out, "silence-16k.wav"), np.zeros(3 * 16000, np.float32), 16000)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(3 * 16000).astype(np.float32)
+    sf.write(os.path.join(out, "noise-16k.wav"), noise, 16000)
+    rows += [{"id": "silence-16k", "audio": "silence-16k.wav", "reference": ""},
+             {"id": "noise-16k", "audio": "noise-16k.wav", "reference": ""}]
     pause = np.zeros(int(0.8 * rate), np.float32)
     order = [0, 1, 2] * 3  # about 40 s
     long = np.concatenate([np.concatenate([voices[k][0], pause]) for k in order])
     sf.write(os.path.join(out, "long-40s.wav"), long, rate)
     rows.append({"id": "long-40s", "audio": "long-40s.wav", "reference": " ".join(SENTENCES[k] for k in order)})
+    manifest = os.path.join(out, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return manifest
+
+
+# Sentences Whisper tiny.en transcribes from espeak-ng (en-us, 150 wpm) without an error (measured one by one).
+TALK = [
+    "Please send the quarterly report to the finance team by Friday.",
+    "Remember to turn off the lights when you leave the office.",
+    "The meeting has been moved to the large room on the second floor.",
+    "Our customers want faster delivery and better support.",
+    "We need more time to finish the testing before the release.",
+    "The train was late this morning because of the snow.",
+    "She explained the plan to everyone in the team.",
+    "The library closes early on public holidays.",
+    "Thank you for coming to the workshop today.",
+    "Let us take a short break and continue after lunch.",
+    "The weather should be warm and dry for the rest of the week.",
+    "Every question from the audience will be answered at the end.",
+    "The kitchen on the third floor is closed for cleaning.",
+    "Our team will visit the new office in the city center.",
+    "The children played in the garden until it was dark.",
+    "Please write your name at the top of the page.",
+    "The store will open a new branch near the station.",
+]
+
+
+def trimmed(x: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """Speech without espeak's leading and trailing silence, so that sentence boundaries are where speech is."""
+    loud = np.flatnonzero(np.abs(x) > floor)
+    return x[loud[0]:loud[-1] + 1] if len(loud) else x[:0]
+
+
+def talk(seconds: float, seed: int = 0, pauses: tuple[float, float] = (0.35, 0.9)) -> tuple[np.ndarray, int, list]:
+    """A synthesized talk: TALK sentences in random order with random pauses, and [start_s, end_s, text] of
+    each sentence."""
+    rng = np.random.default_rng(seed)
+    voices = {t: trimmed(speak(t)[0]) for t in TALK}
+    rate = speak(TALK[0])[1]
+    pieces, sentences, t = [], [], 0.0
+    while t < seconds:
+        text = TALK[rng.integers(len(TALK))]
+        pause = np.zeros(int(rng.uniform(*pauses) * rate), np.float32)
+        pieces += [voices[text], pause]
+        sentences.append([round(t, 4), round(t + len(voices[text]) / rate, 4), text])
+        t += (len(voices[text]) + len(pause)) / rate
+    return np.concatenate(pieces), rate, sentences
+
+
+def build_longform(out: str) -> str:
+    """A 10-minute talk (FLAC) with its sentence boundaries, and the same file cut off after about 5 minutes."""
+    import soundfile as sf
+
+    os.makedirs(out, exist_ok=True)
+    wave, rate, sentences = talk(600.0)
+    sf.write(os.path.join(out, "talk-10min.flac"), wave, rate, format="FLAC")
+    with open(os.path.join(out, "talk-10min.json"), "w") as f:
+        json.dump(sentences, f)
+    with open(os.path.join(out, "talk-10min.flac"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(out, "talk-truncated.flac"), "wb") as f:
+        f.write(data[:len(data) // 2])  # a transfer that broke off half way
+    rows = [{"id": "talk-10min", "audio": "talk-10min.flac", "reference": " ".join(s[2] for s in sentences)},
+            {"id": "talk-truncated", "audio": "talk-truncated.flac"}]
     manifest = os.path.join(out, "manifest.jsonl")
     with open(manifest, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -315,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     root = ap.parse_args(argv).root
     models = os.path.join(root, "models")
     for name, build in [("tiny-qwen2-audio", build_tiny_qwen2_audio),
-                        ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3)]:
+                        ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3), ("tiny-clap", build_tiny_clap)]:
         if not os.path.isdir(os.path.join(models, name)):
             build(os.path.join(models, name))
     samples = os.path.join(root, "samples")
@@ -332,8 +436,12 @@ def main(argv: list[str] | None = None) -> None:
     aqa = os.path.join(root, "aqa")
     if not os.path.isfile(os.path.join(aqa, "data", "messages.jsonl")):
         build_aqa(aqa, speech, samples)
+    longform = os.path.join(root, "longform")
+    if not os.path.isfile(os.path.join(longform, "manifest.jsonl")):
+        build_longform(longform)
     print(f"models: {', '.join(sorted(os.listdir(models)))} in {models}\n"
-          f"manifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl, {aqa}/data/*.jsonl")
+          f"manifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl, {aqa}/data/*.jsonl, "
+          f"{longform}/manifest.jsonl")
 
 
 if __name__ == "__main__":

@@ -18,19 +18,31 @@ from typing import Callable
 
 from jobs import report as report_mod
 from operators import config as config_mod
-from operators import read, write
+from operators import ledger as ledger_mod
+from operators import quality, read, score, stitch, write
 from operators.models import spec as model_spec
 
 
 @dataclass(frozen=True)
 class Job:
-    column: str  # the output column: caption, text, answer
-    build: Callable  # (ds, cfg, spec, prompts) -> ds: the stages between read and write
+    column: str | None  # the output column: caption, text, answer; None: the one the input output has
+    build: Callable  # (ds, cfg, spec, prompts) -> ds: the stages between read and the checks
     conversations: bool = False  # rows bring a conversation to answer (question answering)
+    stitch: bool = False  # also write one row per source clip, its windows' texts joined (clips/)
+    derived: bool = False  # reads another job's output: one row out per row in, its columns kept
+    generates: bool = True  # runs an engine: needs `model` and a prompt
+
+
+TEXT_COLUMNS = ("caption", "text", "answer")  # what the generating jobs write; derived jobs find theirs
 
 
 def check(cfg, job: Job) -> dict:
     """What only the job can tell about its config; the prompts it asks. Raises ConfigError."""
+    if not job.generates:
+        return {}
+    if cfg.model is None:
+        raise config_mod.ConfigError("model: required for this job; give model.family and model.path, e.g. "
+                                     "model.family=qwen2-audio model.path=Qwen/Qwen2-Audio-7B-Instruct")
     spec = model_spec(cfg.model.family)
     prompts = config_mod.prompts(cfg)
     if not prompts and not job.conversations:
@@ -55,13 +67,13 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
 
 def prepare_output(output: str, fresh: bool) -> None:
     """Clear the output for --fresh; otherwise only the markers of a finished run, which this run rewrites."""
-    fs, root = write.output_fs(output)
+    fs, root = ledger_mod.output_fs(output)
     if not fs.exists(root):
         return
     if fresh:
         fs.rm(root, recursive=True)
         return
-    for name in (write.SUCCESS, write.SUMMARY):
+    for name in (ledger_mod.SUCCESS, ledger_mod.SUMMARY):
         if fs.exists(f"{root}/{name}"):
             fs.rm(f"{root}/{name}")
 
@@ -71,9 +83,13 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     import ray
 
     prompts = check(cfg, job)
-    spec = model_spec(cfg.model.family)
+    rules = config_mod.quality_rules(cfg)
+    spec = model_spec(cfg.model.family) if job.generates else None
+    manifests = read.expand(cfg.input)
+    column = job.column or text_column(manifests)
     prepare_output(cfg.output, fresh)
-    done, partial = write.resume(write.committed(cfg.output)[0])
+    ledger = ledger_mod.Ledger(cfg.output).update()  # the one read of what is committed
+    done = ledger.done()
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
     env = config_mod.storage_env(cfg)
     # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
@@ -82,23 +98,62 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
              runtime_env={"env_vars": env} if env else None)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     t0 = time.time()
-    chunk = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
-    chunks, rows_in = read.plan(read.expand(cfg.input), chunk, done)
-    resumed = sum(map(len, done.values()))
+    # Chunks never smaller than a batch of any stage, so that small runs still commit in small steps.
+    grain = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
+    blocks = int(cfg.read.blocks_per_cpu * ray.cluster_resources().get("CPU", 1))
+    chunks, rows_in, chunk_rows = read.plan(manifests, grain, blocks, cfg.read.max_chunk_rows, done)
+    resumed = int(sum(len(rows) for rows in done.values()))
+    print(f"plan: {rows_in} rows in, {resumed} already committed, {rows_in - resumed} to do in "
+          f"{chunks.num_rows} read tasks of up to {chunk_rows} rows", flush=True)
     written, stages = 0, {}
-    if chunks:  # else all is committed: no engine to start
-        ds = write.apply(job.build(read.read(chunks), cfg, spec, prompts), cfg, job.column, run_id, started,
-                         audio_list=job.conversations, committed=partial)
+    if chunks.num_rows:  # else all is committed: no engine to start
+        ds = job.build(read.read(chunks, min(cfg.read.concurrency, chunks.num_rows), derived=job.derived), cfg,
+                       spec, prompts)
+        ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules)
+        ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
+                         committed=None if job.derived else ledger.partial(), derived=job.derived)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
         stages = stage_times(ds)
+    ledger.update()  # reads only the parts this run committed
+    fs, root = ledger_mod.output_fs(cfg.output)
+    if job.stitch and ledger.parts and (written or not fs.exists(f"{root}/{stitch.CLIPS}")):
+        stitch.apply(cfg.output, sorted(ledger.parts), column)
     wall = time.time() - t0
-    extra = {"run_id": run_id, "model": cfg.model.path, "rows_resumed": resumed,
-             "output_rows_this_run": int(written), "wall_s": round(wall, 2),
-             "output_rows_per_s": round(written / wall, 3), "stages": stages}
-    summary = write.summarize(cfg.output, rows_in, extra)
-    report_mod.draw(cfg.output, summary)
-    write.mark_success(cfg.output)
+    summary = {"rows_in": rows_in, **ledger.counts(run_id), "run_id": run_id, "column": column,
+               "model": cfg.model.path if cfg.model else None,
+               "rows_resumed": resumed, "output_rows_this_run": int(written), "wall_s": round(wall, 2),
+               "output_rows_per_s": round(written / wall, 3), "stages": stages}
+    # This run's tokens only: a resume's earlier rows took no time now.
+    summary["output_tokens_per_s"] = round(summary.pop("output_tokens_this_run") / wall, 2)
+    ledger.write_summary(summary)
+    report_mod.draw(ledger, summary)
+    ledger.mark_success()
     return summary
+
+
+def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict):
+    """What every job does to what it wrote before committing it: CLAP scores (score.enabled), then the
+    quality flags (quality.enabled), which also keep the best of sampling.n candidates."""
+    if cfg.score.enabled:
+        # Rows without their audio in `waveform` (derived jobs) decode their window at CLAP's own rate.
+        ds = score.apply(ds, cfg, column, sample_rate or 48_000)
+    if cfg.quality.enabled:
+        ds = quality.apply(ds, cfg, column, rules)
+    return ds
+
+
+def text_column(manifests: list[str]) -> str:
+    """The text column of a job output the input names (caption, text or answer)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(manifests[0], "rb") as f:
+        names = pq.read_schema(f).names
+    found = [c for c in TEXT_COLUMNS if c in names]
+    if not found:
+        raise config_mod.ConfigError(f"input: {manifests[0]} has none of the columns {', '.join(TEXT_COLUMNS)}; "
+                                     "give the output folder of a caption, transcribe or aqa job")
+    return found[0]
 
 
 def stage_times(ds) -> dict:
@@ -137,26 +192,30 @@ def verdict(summary: dict, cfg) -> str | None:
     return None
 
 
-def report(summary: dict, output: str, column: str, examples: int = 5) -> None:
-    import pyarrow.dataset as pads
+def report(summary: dict, output: str, examples: int = 5) -> None:
+    import pyarrow.parquet as pq
 
     print(f"rows in {summary['rows_in']}  rows out {summary['rows_out']}  ok {summary['rows_ok']}  "
           f"errors {summary['rows_error']}  resumed {summary['rows_resumed']}  "
           f"{summary['output_rows_per_s']:.2f} clips/s  wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
+    if "flags" in summary:
+        print(f"quality: kept {summary['rows_kept']} of {summary['output_rows']} rows, {summary['rows_flagged']} "
+              "flagged" + "".join(f"\n  {flag}: {n}" for flag, n in summary["flags"].items()))
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
           f"out {summary['output_tokens']}  ({summary.get('output_tokens_per_s', 0):.1f}/s this run)")
     for name, t in summary["stages"].items():
         print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
               f"rows {t['rows_out']}")
-    print(f"output: {output}  (report: {report_mod.REPORT}, summary: {write.SUMMARY})")
-    fs, root = write.output_fs(output)
-    files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
-    if files:
-        rows = pads.dataset(files, filesystem=fs).head(examples, columns=["id", "duration_s", column, "error"])
+    print(f"output: {output}  (report: {report_mod.REPORT}, summary: {ledger_mod.SUMMARY})")
+    fs, root = ledger_mod.output_fs(output)
+    files = sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
+    if files:  # a few rows of the first part
+        with fs.open(files[0], "rb") as f:
+            rows = pq.read_table(f, columns=["id", "duration_s", summary["column"], "error"]).slice(0, examples)
         for r in rows.to_pylist():
-            text = r[column] if r["error"] is None else r["error"]
+            text = r[summary["column"]] if r["error"] is None else r["error"]
             print(f"  {r['id']:<20} {r['duration_s'] or 0:6.1f}s  {str(text)[:90]}")
 
 
@@ -168,7 +227,7 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    report(summary, cfg.output, job.column)
+    report(summary, cfg.output)
     failure = verdict(summary, cfg)
     if failure:
         print(f"FAILED: {failure}", file=sys.stderr)

@@ -3,7 +3,8 @@
     python -m jobs.transcribe --config configs/transcribe.yaml [--input URI] [--output URI] [key=value ...]
 
 Clips longer than the model's 30 s window come out as one row per window (`segment`, `segment_start_s`,
-`segment_end_s`), cut at the quietest moment near each window's end so words stay whole.
+`segment_end_s`), cut in a pause near each window's end so words stay whole; `clips/` in the output holds
+one row per source clip with its windows' texts joined in order.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def build(ds, cfg, spec, prompts):
     return generate.apply(ds, cfg, spec, COLUMN)
 
 
-JOB = Job(COLUMN, build)
+JOB = Job(COLUMN, build, stitch=True)
 
 if __name__ == "__main__":
     sys.exit(main(JOB, __doc__))

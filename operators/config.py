@@ -38,6 +38,8 @@ class ModelCfg(_Strict):
 class PromptItem(_Strict):
     instruction: str = Field(min_length=1)
     system: str | None = None  # None: prompt.system
+    # Changes to quality rules for rows asked this prompt, e.g. {fast_text: {enabled: true}} for transcripts.
+    quality: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class PromptCfg(_Strict):
@@ -58,18 +60,66 @@ class PromptCfg(_Strict):
         return v
 
 
+class ReadCfg(_Strict):
+    # Read tasks per CPU of the cluster: enough blocks that every decode actor has work, few enough that
+    # Ray's per-task cost stays small next to the work (chunks never go below a batch of any stage).
+    blocks_per_cpu: float = Field(4.0, gt=0)
+    # Rows one read task (one block) may hold, whatever the manifest's size.
+    max_chunk_rows: int = Field(5000, ge=1)
+    concurrency: int = Field(8, ge=1)  # read tasks at once
+
+
+class VadCfg(_Strict):
+    """Silero VAD's speech/pause decisions (its own state machine over its per-frame probabilities)."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    min_speech_s: float = Field(0.25, ge=0)  # shorter bursts are not speech
+    min_silence_s: float = Field(0.1, ge=0)  # shorter pauses do not end speech
+    pad_s: float = Field(0.03, ge=0)  # added around each speech stretch
+
+    def silero(self) -> dict:
+        return dict(threshold=self.threshold, min_speech_duration_ms=1000 * self.min_speech_s,
+                    min_silence_duration_ms=1000 * self.min_silence_s, speech_pad_ms=1000 * self.pad_s)
+
+
+class SegmentsCfg(_Strict):
+    """decode.segment=vad: one row per speech segment instead of fixed windows."""
+
+    min_s: float = Field(1.0, ge=0)  # shorter speech is dropped
+    max_s: float = Field(30.0, gt=0)  # longer speech is split at its longest pause; at most the model's window
+    gap_s: float = Field(0.5, ge=0)  # pauses shorter than this join two segments
+    pad_s: float = Field(0.1, ge=0)
+
+    def silero(self, vad: VadCfg) -> dict:
+        return dict(threshold=vad.threshold, min_speech_duration_ms=1000 * self.min_s,
+                    max_speech_duration_s=self.max_s, min_silence_duration_ms=1000 * self.gap_s,
+                    speech_pad_ms=1000 * self.pad_s)
+
+
 class DecodeCfg(_Strict):
     concurrency: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1)
     num_cpus: float = Field(1.0, gt=0)
     # Clips longer than the model's window: "split" into windows (one output row each) or "error".
     long_audio: Literal["split", "error"] = "split"
-    # Where to cut: the quietest 20 ms in the last `cut_search_s` seconds of each window (0: hard cuts),
-    # so that words are not cut in half.
+    # Where windows end: within their last `cut_search_s` seconds (0: hard cuts), at the quietest 20 ms
+    # ("energy") or in the longest pause between speech found by Silero VAD ("vad"), so words stay whole.
+    cut: Literal["energy", "vad"] = "energy"
     cut_search_s: float = Field(5.0, ge=0)
     # Seconds each window repeats of the one before, so that what straddles a cut is heard whole once.
     overlap_s: float = Field(0.0, ge=0)
+    # "window": fixed windows cover the clip; "vad": the rows are the speech segments (for ASR datasets).
+    segment: Literal["window", "vad"] = "window"
+    vad: VadCfg = Field(default_factory=VadCfg)
+    segments: SegmentsCfg = Field(default_factory=SegmentsCfg)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
+    # Decoded audio of one clip is kept in memory up to this size, then in a temporary file (16 kHz mono:
+    # 3.7 MiB a minute), so that an hours-long file never sits in memory.
+    spill_mb: float = Field(64.0, ge=0)
+    # Remote files up to this size are fetched in one request; larger ones are read in ranges as they decode.
+    whole_mb: float = Field(64.0, ge=0)
+    # Audio per block the decode actors hand on: a long clip's windows leave in several blocks.
+    output_block_mb: float = Field(64.0, gt=0)
 
 
 class EngineCfg(_Strict):
@@ -107,6 +157,9 @@ class SamplingCfg(_Strict):
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
+    # Candidates generated per prompt (vLLM's `n`, one request); the best is kept by quality.select and the
+    # others go to `candidates`.
+    n: int = Field(1, ge=1)
     repetition_penalty: float = Field(1.0, gt=0)
     seed: int | None = None
     ignore_eos: bool = False
@@ -126,6 +179,102 @@ class WriteCfg(_Strict):
     rows_per_file: int = Field(1000, ge=1)
 
 
+class Rule(_Strict):
+    """A quality rule: a named flag. `drop`: a row with this flag is not kept (`keep` false)."""
+
+    enabled: bool = True
+    drop: bool = True
+
+
+class WordsRule(Rule):
+    min_words: int = Field(0, ge=0)
+    max_words: int = Field(100_000, ge=1)
+
+
+class LoopRule(Rule):
+    min_words: int = Field(8, ge=1)  # the unique-word ratio is judged on texts at least this long
+    max_unique_ratio: float = Field(0.4, gt=0, le=1)  # NeMo Curator's Granary threshold
+    max_ngram: int = Field(4, ge=1)  # the same word min_repeats times in a row, or the same phrase of
+    min_repeats: int = Field(4, ge=2)  # 2..max_ngram words min_phrase_repeats times
+    min_phrase_repeats: int = Field(3, ge=2)
+    min_token_chars: int = Field(9, ge=2)  # "passpasspass": a word made of a piece repeated min_token_repeats times
+    min_token_repeats: int = Field(3, ge=2)
+
+
+class LongWordRule(Rule):
+    max_chars: int = Field(25, ge=1)  # a word this long, or `ratio` times the next-longest word when it has
+    ratio: float = Field(3.0, gt=1)  # at least ratio_min_chars (words of scripts without spaces are exempt)
+    ratio_min_chars: int = Field(12, ge=1)
+
+
+class FastTextRule(Rule):
+    max_chars_per_s: float = Field(40.0, gt=0)  # characters per second of the row's audio
+
+
+class PhrasesRule(Rule):
+    phrases: list[str] = Field(default_factory=list)  # matched case-insensitively, anywhere in the text
+
+
+class WholeTextRule(Rule):
+    phrases: list[str] = Field(default_factory=list)  # the whole text, case and punctuation aside
+
+
+class LanguageRule(Rule):
+    expected: str | None = "en"  # ISO 639-1; null: any language
+    # Flagged when the detector is this sure the text is not in `expected` (its probability for `expected` is
+    # below 1 - min_confidence): mass split between related languages (zh, wuu, yue) still counts against.
+    min_confidence: float = Field(0.8, ge=0, le=1)
+    min_words: int = Field(3, ge=1)
+
+
+class SpeechRule(Rule):
+    min_speech_s: float = Field(0.1, ge=0)  # text on audio with less speech than this (Silero VAD, speech_s)
+
+
+class ScoreRule(Rule):
+    min_score: float = Field(0.45, ge=-1, le=1)  # CLAP cosine similarity of the audio and the text
+
+
+class Rules(_Strict):
+    """Every quality rule; a row's `flags` names those it trips."""
+
+    empty: Rule = Field(default_factory=Rule)
+    too_short: WordsRule = Field(default_factory=WordsRule)
+    too_long: WordsRule = Field(default_factory=WordsRule)
+    loop: LoopRule = Field(default_factory=LoopRule)
+    long_word: LongWordRule = Field(default_factory=LongWordRule)
+    fast_text: FastTextRule = Field(default_factory=FastTextRule)
+    refusal: PhrasesRule = Field(default_factory=PhrasesRule)
+    banned: PhrasesRule = Field(default_factory=PhrasesRule)
+    hallucination: WholeTextRule = Field(default_factory=WholeTextRule)
+    language: LanguageRule = Field(default_factory=LanguageRule)
+    silent_text: Rule = Field(default_factory=Rule)
+    no_speech: SpeechRule = Field(default_factory=SpeechRule)
+    truncated: Rule = Field(default_factory=Rule)
+    low_clap: ScoreRule = Field(default_factory=ScoreRule)
+
+
+class QualityCfg(_Strict):
+    enabled: bool = True  # generation jobs mark every row after generating; jobs.quality re-checks an output
+    library: str = "configs/rules.yaml"  # the rules' defaults: thresholds, phrase lists, which drop a row
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)  # this job's changes, e.g. {loop: {drop: false}}
+    # Best of sampling.n candidates: the highest CLAP score, or the fewest dropping flags, then fewest flags,
+    # then the shortest text.
+    select: Literal["clap_score", "fewest_flags"] = "fewest_flags"
+    concurrency: int = Field(1, ge=1)  # actors checking rows (each about 5,000 rows/s of captions)
+
+
+class ScoreCfg(_Strict):
+    """CLAP audio-text similarity per row (`clap_score`), in its own actor pool."""
+
+    enabled: bool = False
+    model: str = "laion/clap-htsat-unfused"  # a transformers ClapModel checkpoint: folder or hub id
+    concurrency: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    num_gpus: float = Field(0.0, ge=0)  # a GPU on a cluster; 0 runs on CPU
+    num_cpus: float = Field(1.0, gt=0)
+
+
 class ErrorsCfg(_Strict):
     # Fail the job (non-zero exit) when more than this percentage of output rows have such errors.
     # Bad inputs never fail it by default (null); engine errors mean something is wrong with the run.
@@ -136,11 +285,14 @@ class ErrorsCfg(_Strict):
 class JobCfg(_Strict):
     input: Union[str, list[str]]
     output: str
-    model: ModelCfg
+    model: ModelCfg | None = None  # every job that generates needs one (jobs.quality and jobs.dedup do not)
     prompt: PromptCfg = Field(default_factory=PromptCfg)
+    read: ReadCfg = Field(default_factory=ReadCfg)
     decode: DecodeCfg = Field(default_factory=DecodeCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    quality: QualityCfg = Field(default_factory=QualityCfg)
+    score: ScoreCfg = Field(default_factory=ScoreCfg)
     storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
     errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
@@ -211,14 +363,36 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     if e.num_gpus and e.num_gpus != e.tensor_parallel_size:
         raise ConfigError(f"engine.num_gpus={e.num_gpus:g} but engine.tensor_parallel_size={e.tensor_parallel_size}: "
                           "each engine actor holds the GPUs its shards run on; set them equal (or num_gpus=0 on CPU)")
-    spec = MODELS[cfg.model.family]
     prompts(cfg)
-    if cfg.decode.overlap_s >= spec.window_s - cfg.decode.cut_search_s:
+    quality_rules(cfg)
+    s = cfg.sampling
+    if s.n > 1 and s.temperature == 0:
+        raise ConfigError(f"sampling.n={s.n} with sampling.temperature=0 gives {s.n} copies of the greedy text; "
+                          "set sampling.temperature (e.g. 0.8) to sample different candidates")
+    if cfg.quality.select == "clap_score" and s.n > 1 and not cfg.score.enabled:
+        raise ConfigError("quality.select=clap_score needs CLAP scores: set score.enabled=true "
+                          "(or quality.select=fewest_flags)")
+    if cfg.score.enabled and not cfg.quality.enabled and s.n > 1:
+        raise ConfigError("sampling.n > 1 needs quality.enabled=true: the quality stage keeps the best candidate")
+    if cfg.model is not None:
+        check_windows(cfg, MODELS[cfg.model.family])
+    return cfg
+
+
+def check_windows(cfg: JobCfg, spec) -> None:
+    """The decode section against the model's window and rate."""
+    d = cfg.decode
+    if d.overlap_s >= spec.window_s - d.cut_search_s:
         raise ConfigError(f"decode.overlap_s: must be shorter than the model's {spec.window_s:g} s window minus "
                           "decode.cut_search_s, or windows would not advance")
-    if cfg.decode.cut_search_s >= spec.window_s:
+    if d.cut_search_s >= spec.window_s:
         raise ConfigError(f"decode.cut_search_s: must be shorter than the model's {spec.window_s:g} s window")
-    return cfg
+    if "vad" in (d.cut, d.segment) and spec.sample_rate != 16_000:
+        raise ConfigError(f"decode.cut / decode.segment: Silero VAD runs on 16 kHz audio and {cfg.model.family!r} "
+                          f"takes {spec.sample_rate} Hz; use decode.cut=energy and decode.segment=window")
+    if d.segment == "vad" and d.segments.max_s > spec.window_s:
+        raise ConfigError(f"decode.segments.max_s: {d.segments.max_s:g} s is longer than the model's "
+                          f"{spec.window_s:g} s window; set it to at most {spec.window_s:g}")
 
 
 def library(path: str) -> dict[str, PromptItem]:
@@ -235,10 +409,47 @@ def library(path: str) -> dict[str, PromptItem]:
                           f"system}} ({e})") from None
 
 
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _rules(data: dict, where: str) -> Rules:
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: invalid quality rules\n" + "\n".join(
+            f"  {where}.{'.'.join(map(str, x['loc']))}: {x['msg']}"
+            + (f"; rules: {', '.join(Rules.model_fields)}" if x["type"] == "extra_forbidden" and len(x["loc"]) == 1
+               else "") for x in e.errors())) from None
+
+
+def quality_rules(cfg: JobCfg) -> dict[str, Rules]:
+    """Quality rules per prompt id: the rule library, the job's `quality.rules`, then the prompt's own
+    `quality` changes; under "" the rules for rows of no library prompt (a row's own conversation)."""
+    path = cfg.quality.library
+    if not os.path.isfile(path):
+        raise ConfigError(f"quality.library: no such file {path!r}; the project's rules are configs/rules.yaml")
+    with open(path) as f:
+        library = yaml.safe_load(f) or {}
+    base = _merge(library, cfg.quality.rules)
+    out = {"": _rules(base, "quality.rules")}
+    for name, item in known_prompts(cfg).items():
+        out[name] = _rules(_merge(base, item.quality), f"prompt {name!r} quality") if item.quality else out[""]
+    return out
+
+
+def known_prompts(cfg: JobCfg) -> dict[str, PromptItem]:
+    """Every prompt of the library, changed or added by `prompt.custom`."""
+    return {**library(cfg.prompt.library),
+            **{k: PromptItem(instruction=v) if isinstance(v, str) else v for k, v in cfg.prompt.custom.items()}}
+
+
 def prompts(cfg: JobCfg) -> dict[str, PromptItem]:
     """The prompts `prompt.use` names, in order: library entries, overridden or added by `prompt.custom`."""
-    known = {**library(cfg.prompt.library),
-             **{k: PromptItem(instruction=v) if isinstance(v, str) else v for k, v in cfg.prompt.custom.items()}}
+    known = known_prompts(cfg)
     missing = [name for name in cfg.prompt.use if name not in known]
     if missing:
         raise ConfigError(f"prompt.use: unknown prompt {missing[0]!r}; known: {', '.join(sorted(known))} "
@@ -265,11 +476,20 @@ def check_paths(cfg: JobCfg) -> None:
     except (OSError, ValueError) as e:
         raise ConfigError(f"input: cannot list {cfg.input!r}: {e}") from None
     if not files:
-        raise ConfigError(f"input: no manifest matches {cfg.input!r}; give a .jsonl/.parquet file, glob or list")
+        raise ConfigError(f"input: no manifest matches {cfg.input!r}; give a .jsonl/.parquet file, glob or list, "
+                          "or a job's output folder")
+    if cfg.score.enabled and not is_hub_id(cfg.score.model) and not os.path.isdir(os.path.expanduser(cfg.score.model)):
+        raise ConfigError(f"score.model: no checkpoint folder at {cfg.score.model!r}; give a ClapModel folder or a "
+                          "hub id such as laion/clap-htsat-unfused")
+    if cfg.model is None:
+        return
     path = cfg.model.path
-    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
-    if not hub_id and not os.path.isdir(os.path.expanduser(path)):
+    if not is_hub_id(path) and not os.path.isdir(os.path.expanduser(path)):
         raise ConfigError(
             f"model.path: no checkpoint folder at {path!r}; give a local folder or a hub id such as "
             "Qwen/Qwen2-Audio-7B-Instruct (the demo model is built by `make assets`)"
         )
+
+
+def is_hub_id(path: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None

@@ -49,7 +49,8 @@ def sampling_args(cfg) -> dict[str, Any]:
 
 class Generate(Stage):
     reads = ("prompt_text", "waveform", "audio_uris")
-    writes = ("prompt_tokens", "output_tokens", "error")  # plus the job's output column
+    # plus the job's output column; with sampling.n > 1 every candidate in `candidates` and `finish_reasons`
+    writes = ("prompt_tokens", "output_tokens", "finish_reason", "error")
 
     def setup(self) -> None:
         import vllm
@@ -60,7 +61,10 @@ class Generate(Stage):
         self.column: str = self.cfg["column"]
         self.rate: int = self.cfg["sample_rate"]
         self.max_retries: int = self.cfg["max_retries"]
-        self.sampling = vllm.SamplingParams(**self.cfg["sampling"])
+        # FINAL_ONLY: one output per request, with all `n` candidates (streamed outputs carry one each).
+        self.sampling = vllm.SamplingParams(**self.cfg["sampling"],
+                                            output_kind=vllm.sampling_params.RequestOutputKind.FINAL_ONLY)
+        self.several = self.sampling.n > 1
         self.engine = self._start()
         self.restart_lock = asyncio.Lock()
 
@@ -84,14 +88,17 @@ class Generate(Stage):
                     pass
                 self.engine = await asyncio.to_thread(self._start)
 
-    async def _one(self, prompt: str, clips) -> tuple[str, int, int]:
+    async def _one(self, prompt: str, clips) -> tuple[list[str], list[str], int, int]:
+        """(texts, finish reasons) of the request's candidates, prompt tokens, tokens generated."""
         request = {"prompt": prompt, "multi_modal_data": {"audio": [(c, self.rate) for c in clips]}}
         for attempt in itertools.count():
             engine, final = self.engine, None
             try:
                 async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
                     final = out
-                return final.outputs[0].text.strip(), len(final.prompt_token_ids), len(final.outputs[0].token_ids)
+                outs = sorted(final.outputs, key=lambda o: o.index)
+                return ([o.text.strip() for o in outs], [o.finish_reason for o in outs], len(final.prompt_token_ids),
+                        sum(len(o.token_ids) for o in outs))
             except self.fatal:
                 if attempt == self.max_retries:
                     raise
@@ -99,25 +106,30 @@ class Generate(Stage):
 
     async def _safe(self, prompt: str, clips, err: str | None, uris: list[str]):
         if err is not None:
-            return None, None, None, err
+            return None, None, None, None, err
         try:
-            text, n_in, n_out = await self._one(prompt, clips)
-            return text, n_in, n_out, None
+            texts, reasons, n_in, n_out = await self._one(prompt, clips)
+            return texts, reasons, n_in, n_out, None
         except self.fatal as e:
             kind, why = "engine_dead", f"engine died {self.max_retries + 1} times on this row: {e}"
         except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
             kind = "too_long" if "maximum model length" in str(e) else "engine"
             why = f"{type(e).__name__}: {e}"
-        return None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
+        return None, None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
                    errors(batch), batch.column("audio_uris").to_pylist())
         results = await asyncio.gather(*(self._safe(*row) for row in rows))
-        texts, n_in, n_out, errs = (list(c) for c in zip(*results)) if results else ([], [], [], [])
-        return put(batch, **{self.column: pa.array(texts, pa.string())},
-                   prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
-                   error=pa.array(errs, pa.string()))
+        texts, reasons, n_in, n_out, errs = (list(c) for c in zip(*results)) if results else ([], [], [], [], [])
+        out = put(batch, **{self.column: pa.array([t and t[0] for t in texts], pa.string())},
+                  finish_reason=pa.array([r and r[0] for r in reasons], pa.string()),
+                  prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
+                  error=pa.array(errs, pa.string()))
+        if self.several:  # the quality stage keeps the best as the row's text and the rest as candidates
+            out = put(out, candidates=pa.array(texts, pa.list_(pa.string())),
+                      finish_reasons=pa.array(reasons, pa.list_(pa.string())))
+        return out
 
 
 def apply(ds, cfg, spec: ModelSpec, column: str):

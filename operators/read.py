@@ -13,6 +13,7 @@ import json
 import posixpath
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from operators import conversation
@@ -23,13 +24,21 @@ WRITES = ("id", "audio", "audio_uris", "audio_bytes", "chat", "error", "source_m
 
 
 def expand(spec: str | list[str]) -> list[str]:
-    """Manifest URIs for a path, glob or list of them, sorted so every run sees one order."""
+    """Manifest URIs for a path, glob or list of them, sorted so every run sees one order. A folder is a
+    job's output: its committed part files are the manifests (jobs.quality, jobs.export read them)."""
     import fsspec
+
+    from operators.ledger import PART
 
     out: list[str] = []
     for item in [spec] if isinstance(spec, str) else spec:
         fs, path = fsspec.core.url_to_fs(item)
-        paths = fs.glob(path) if fsspec.core.has_magic(path) else ([path] if fs.exists(path) else [])
+        if fsspec.core.has_magic(path):
+            paths = fs.glob(path)
+        elif fs.isdir(path):
+            paths = fs.glob(f"{path.rstrip('/')}/{PART}*.parquet")
+        else:
+            paths = [path] if fs.exists(path) else []
         proto = item.split("://", 1)[0] + "://" if "://" in item else ""
         out += [proto + p if proto else p for p in sorted(paths) if not fs.isdir(p)]
     for uri in out:
@@ -176,6 +185,33 @@ def to_table(rows: list[dict]) -> pa.Table:
                      _column([r.get(k) for r in rows]) for k in keys})
 
 
+# Where a derived job's row came from: the part file of the job output it reads, and the row in it.
+INPUT = ("input_part", "input_row")
+
+
+def read_rows(manifest: str, start: int, stop: int, skip: set[int]) -> pa.Table | None:
+    """Rows start..stop of a job's output part, as they are (nested columns stay nested), with INPUT columns:
+    a derived job (quality, export) keeps every column of the rows it reads."""
+    import fsspec
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    tables, first = [], 0
+    with fsspec.open(manifest, "rb") as f:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if first < stop and first + n > start:
+                rows = np.arange(first, first + n)
+                keep = (rows >= start) & (rows < stop) & ~np.isin(rows, list(skip))
+                t = pf.read_row_group(g).filter(pa.array(keep))
+                tables.append(t.append_column(INPUT[0], pa.array([manifest] * t.num_rows, pa.string()))
+                              .append_column(INPUT[1], pa.array(rows[keep], pa.int64())))
+            first += n
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
+
+
 def read_chunk(manifest: str, start: int, stop: int, offset: int = 0, skip: set[int] = frozenset()) -> pa.Table | None:
     """Rows at positions start..stop of one manifest (jsonl: from byte `offset`), leaving out `skip`."""
     import fsspec
@@ -189,13 +225,33 @@ def read_chunk(manifest: str, start: int, stop: int, offset: int = 0, skip: set[
     return to_table(rows) if rows else None
 
 
-def index(manifest: str, chunk: int) -> list[dict]:
-    """One pass over a manifest: chunks of `chunk` positions with their byte offset and row count, so that
-    each read task seeks straight to its own chunk.
+# Bytes that `bytes.strip()` removes: a line of only these is blank and holds no row.
+_SPACE = np.zeros(256, bool)
+_SPACE[[9, 10, 11, 12, 13, 32]] = True
+BLOCK = 8 << 20  # bytes of a jsonl manifest scanned at once by `index`
 
-    Chunks are what make the pipeline parallel and its progress steady: Ray Data gives each task's output
-    one block and hands an actor one task per block, so one big block would go through one decode actor
-    and one engine, and nothing would be committed until all of it was done."""
+
+def _scan(buf: bytes, first_line: int, base: int, grain: int, offsets: list, nonblank: list) -> int:
+    """Lines of `buf` (whole lines, starting at byte `base` and line `first_line`): the byte offset of every
+    grain-th line and whether each line holds anything; returns the number of lines."""
+    arr = np.frombuffer(buf, np.uint8)
+    ends = np.flatnonzero(arr == 10) + 1
+    if not len(ends) or ends[-1] != len(arr):
+        ends = np.r_[ends, len(arr)]  # the file's last line without a newline
+    starts = np.r_[0, ends[:-1]]
+    filled = np.r_[0, np.cumsum(~_SPACE[arr], dtype=np.int64)]
+    nonblank.append(filled[ends] > filled[starts])
+    lines = first_line + np.arange(len(ends))
+    offsets.append(base + starts[lines % grain == 0])
+    return len(ends)
+
+
+def index(manifest: str, grain: int) -> dict:
+    """One pass over a manifest (run as a Ray task, one per manifest): its line count, the byte offset of
+    every `grain`-th line and the number of rows (non-blank lines) in each run of `grain` lines, as numpy
+    arrays. The driver groups grains into read chunks of any multiple of `grain` without reading again.
+
+    A jsonl manifest is scanned in blocks with numpy, not line by line: millions of rows index in seconds."""
     import fsspec
 
     if format_of(manifest) == "parquet":
@@ -203,48 +259,91 @@ def index(manifest: str, chunk: int) -> list[dict]:
 
         with fsspec.open(manifest, "rb") as f:
             n = pq.ParquetFile(f).metadata.num_rows
-        return [{"manifest": manifest, "start": s, "stop": min(s + chunk, n), "offset": 0, "rows": min(chunk, n - s)}
-                for s in range(0, n, chunk)]
-    chunks: list[dict] = []
-    pos = line = 0
+        starts = np.arange(0, n, grain)
+        return {"manifest": manifest, "lines": n, "offsets": np.zeros(len(starts), np.int64),
+                "rows": np.minimum(grain, n - starts).astype(np.int64)}
+    offsets, nonblank, lines, base, carry = [], [], 0, 0, b""
     with fsspec.open(manifest, "rb") as f:
-        for raw in f:
-            if line % chunk == 0:
-                chunks.append({"manifest": manifest, "start": line, "stop": line + chunk, "offset": pos, "rows": 0})
-            chunks[-1]["rows"] += bool(raw.strip())
-            pos += len(raw)
-            line += 1
-    if chunks:
-        chunks[-1]["stop"] = line
-    return chunks
+        while True:
+            block = f.read(BLOCK)
+            data = carry + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            if cut:
+                lines += _scan(data[:cut], lines, base, grain, offsets, nonblank)
+                base += cut
+            carry = data[cut:]
+            if not block:
+                break
+    flags = np.concatenate(nonblank) if nonblank else np.zeros(0, bool)
+    return {"manifest": manifest, "lines": lines,
+            "offsets": np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
+            "rows": np.add.reduceat(flags, np.arange(0, lines, grain)).astype(np.int64) if lines else
+            np.zeros(0, np.int64)}
 
 
-def plan(manifests: list[str], chunk: int, done: dict[str, list[int]]) -> tuple[list[dict], int]:
-    """Read tasks for the manifests (indexed in parallel as Ray tasks) minus finished chunks, and rows in."""
+CHUNK = pa.schema([("manifest", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),
+                   ("offset", pa.int64()), ("rows", pa.int64()), ("done", pa.list_(pa.int64()))])
+
+
+def chunks_of(idx: dict, grain: int, grains: int, done: np.ndarray) -> pa.Table:
+    """Read chunks of `grains` x `grain` lines of one indexed manifest, less those whose rows are all
+    `done`; each chunk lists its done rows, which the read task skips. Vectorized: no object per row."""
+    first = np.arange(0, len(idx["rows"]), grains)
+    start = first * grain
+    stop = np.minimum(start + grains * grain, idx["lines"])
+    rows = np.add.reduceat(idx["rows"], first) if len(first) else np.zeros(0, np.int64)
+    lo, hi = np.searchsorted(done, start), np.searchsorted(done, stop)
+    todo = (hi - lo) < rows
+    lo, hi = lo[todo], hi[todo]
+    lengths = hi - lo
+    taken = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi) if b > a]) if lengths.any() else np.zeros(0, int)
+    return pa.table({"manifest": pa.array([idx["manifest"]] * int(todo.sum()), pa.string()),
+                     "start": start[todo], "stop": stop[todo], "offset": idx["offsets"][first][todo],
+                     "rows": rows[todo],
+                     "done": pa.ListArray.from_arrays(np.r_[0, np.cumsum(lengths)], pa.array(done[taken], pa.int64()))},
+                    schema=CHUNK)
+
+
+def plan(manifests: list[str], grain: int, blocks: int, max_rows: int,
+         done: dict[str, np.ndarray]) -> tuple[pa.Table, int, int]:
+    """Read tasks for the manifests, less what is done: (chunks, rows in, rows per chunk).
+
+    Manifests are indexed in parallel as Ray tasks. Chunks hold about rows_in / `blocks` rows, between
+    `grain` and `max_rows`: enough blocks to keep every decode actor busy, few enough that Ray's per-task
+    overhead stays bounded at millions of rows (10M rows in 16-row chunks would be 625k tasks)."""
     import ray
 
     task = ray.remote(num_cpus=LIGHT_CPUS)(index)
-    chunks = [c for part in ray.get([task.remote(m, chunk) for m in manifests]) for c in part]
-    rows_in = sum(c["rows"] for c in chunks)
-    todo = []
-    for c in chunks:
-        rows = [r for r in done.get(c["manifest"], []) if c["start"] <= r < c["stop"]]
-        if len(rows) < c["rows"]:
-            todo.append({**c, "done": rows})
-    return todo, rows_in
+    indexed = ray.get([task.remote(m, grain) for m in manifests])
+    rows_in = int(sum(int(i["rows"].sum()) for i in indexed))
+    target = min(max(-(-rows_in // max(blocks, 1)), grain), max(max_rows, grain))
+    grains = max(target // grain, 1)
+    empty = np.zeros(0, np.int64)
+    tables = [chunks_of(i, grain, grains, np.asarray(done.get(i["manifest"], empty), np.int64)) for i in indexed]
+    return (pa.concat_tables(tables) if tables else CHUNK.empty_table()), rows_in, grains * grain
 
 
-def read_batches(batch: pa.Table) -> Iterator[pa.Table]:
-    """Ray Data UDF: chunk descriptions in, their manifest rows out."""
+def read_batches(batch: pa.Table, derived: bool = False) -> Iterator[pa.Table]:
+    """Ray Data UDF: chunk descriptions in, their manifest rows (or a job output's rows) out."""
     for c in batch.to_pylist():
-        table = read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(c["done"]))
+        if derived:
+            table = read_rows(c["manifest"], c["start"], c["stop"], set(c["done"]))
+        else:
+            table = read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(c["done"]))
         if table is not None:
             yield table
 
 
-def read(chunks: list[dict]):
-    """The manifest rows of the planned chunks as a Ray Dataset, one block per chunk."""
+def read(chunks: pa.Table, concurrency: int, derived: bool = False):
+    """The manifest rows of the planned chunks as a Ray Dataset, one block per chunk (a bounded number:
+    see `plan`); with `derived`, the rows of a job output's parts as they are.
+
+    Read tasks reserve no CPU and at most `concurrency` run at once: they are brief, and on a box whose
+    cores the actor pools hold, a reservation would keep them from ever starting."""
     import ray
 
-    return ray.data.from_items(chunks, override_num_blocks=max(len(chunks), 1)).map_batches(
-        read_batches, batch_size=1, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    # One block per chunk, straight from Arrow: the done rows the chunks carry never become Python objects here.
+    # `take`, not `slice`: a slice would ship its parent's whole buffers with every block.
+    return ray.data.from_arrow([chunks.take([i]) for i in range(chunks.num_rows)]).map_batches(
+        read_batches, fn_kwargs={"derived": derived}, batch_size=1, batch_format="pyarrow", num_cpus=0,
+        concurrency=concurrency)

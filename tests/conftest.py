@@ -20,8 +20,10 @@ def assets() -> dict:
     build.main(["--root", root])
     return {"model": os.path.join(root, "models", "tiny-qwen2-audio"),
             "af3": os.path.join(root, "models", "tiny-audio-flamingo-3"),
+            "clap": os.path.join(root, "models", "tiny-clap"),
             "aqa": os.path.join(root, "aqa"),
             "speech": os.path.join(root, "speech"),
+            "longform": os.path.join(root, "longform"),
             "manifest": os.path.join(root, "samples", "manifest.jsonl"),
             "samples": os.path.join(root, "samples")}
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import soundfile as sf
 
 CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
@@ -120,3 +121,34 @@ def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
     assert all(r["error"] is None and r["caption"] is not None for r in final)
     log = open(tmp_path / "run.log").read()
     assert f"rows in {n}  rows out {n}" in log
+
+
+def test_rerun_over_thousands_of_committed_rows_starts_no_engine(assets, tmp_path):
+    """Everything committed: the rerun plans nothing, starts no engine (its model folder is empty, so one
+    would fail to load), keeps every part, and its summary agrees with the parquet."""
+    from collections import Counter
+
+    from bench.scale import make_manifests, make_outputs
+
+    n = 3000
+    manifests = make_manifests(str(tmp_path / "manifests"), n)
+    out = str(tmp_path / "out")
+    make_outputs(manifests, out, 1.0)
+    before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in parts(out)}
+    (tmp_path / "no-model").mkdir()
+    proc = subprocess.run(CMD + ["--input", manifests[0], "--output", out, f"model.path={tmp_path / 'no-model'}",
+                                 "write.rows_per_file=1000"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"plan: {n} rows in, {n} already committed, 0 to do in 0 read tasks" in proc.stdout
+    assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in parts(out)} == before
+    with open(os.path.join(out, "_summary.json")) as f:
+        summary = json.load(f)
+    table = [r for f in parts(out) for r in pq.read_table(os.path.join(out, f)).to_pylist()]
+    assert summary["rows_in"] == summary["rows_out"] == summary["output_rows"] == len(table) == n
+    assert summary["rows_resumed"] == n and summary["output_rows_this_run"] == 0 and summary["stages"] == {}
+    assert summary["errors_by_kind"] == dict(Counter(r["error"].split(":")[0] for r in table if r["error"]))
+    assert summary["rows_ok"] == sum(r["error"] is None for r in table)
+    assert summary["audio_hours"] == pytest.approx(
+        sum(r["segment_end_s"] - r["segment_start_s"] for r in table if r["error"] is None) / 3600, abs=1e-6)
+    assert summary["output_tokens"] == sum(r["output_tokens"] for r in table if r["error"] is None)
+    assert os.path.exists(os.path.join(out, "_SUCCESS"))

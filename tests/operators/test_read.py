@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -7,17 +8,21 @@ import pytest
 from operators import read
 
 
+def _chunks(manifest, chunk=2, done=()):
+    return read.chunks_of(read.index(manifest, chunk), chunk, 1, np.array(sorted(done), np.int64)).to_pylist()
+
+
 def _rows(manifest, chunk=2, skip=()):
     """All rows, read chunk by chunk as the read tasks do."""
     out = []
-    for c in read.index(manifest, chunk):
+    for c in _chunks(manifest, chunk):
         t = read.read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(skip))
         out += t.to_pylist() if t is not None else []
     return out
 
 
 def _count(manifest, chunk=2):
-    return sum(c["rows"] for c in read.index(manifest, chunk))
+    return int(read.index(manifest, chunk)["rows"].sum())
 
 
 def test_jsonl_rows_keep_extra_columns_and_resolve_relative_audio(tmp_path):
@@ -67,8 +72,10 @@ def test_chunks_seek_to_their_lines_and_skip_done_rows(tmp_path):
     lines = [json.dumps({"id": f"r{i}", "audio": f"{i}.wav", "text": "é" * i}) for i in range(7)]
     lines.insert(3, "")
     m.write_text("\n".join(lines) + "\n")
-    chunks = read.index(str(m), 3)
+    chunks = _chunks(str(m), 3)
     assert [(c["start"], c["stop"], c["rows"]) for c in chunks] == [(0, 3, 3), (3, 6, 2), (6, 8, 2)]
+    raw = m.read_bytes().splitlines(keepends=True)
+    assert [c["offset"] for c in chunks] == [len(b"".join(raw[:c["start"]])) for c in chunks]  # seek targets
     assert [r["id"] for r in _rows(str(m), 3)] == [f"r{i}" for i in range(7)]
     assert [r["id"] for r in _rows(str(m), 3, skip={0, 4, 7})] == ["r1", "r2", "r4", "r5"]
 
@@ -76,9 +83,26 @@ def test_chunks_seek_to_their_lines_and_skip_done_rows(tmp_path):
 def test_plan_leaves_out_finished_chunks(tmp_path, ray_local):
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps({"audio": f"{i}.wav"}) + "\n" for i in range(5)))
-    todo, rows_in = read.plan([str(m)], 2, {str(m): [0, 1, 2]})
-    assert rows_in == 5
-    assert [(c["start"], c["done"]) for c in todo] == [(2, [2]), (4, [])]
+    todo, rows_in, size = read.plan([str(m)], 2, 100, 1000, {str(m): np.array([0, 1, 2])})
+    assert (rows_in, size) == (5, 2)
+    assert [(c["start"], c["done"]) for c in todo.to_pylist()] == [(2, [2]), (4, [])]
+
+
+def test_plan_bounds_the_number_of_read_tasks(tmp_path, ray_local):
+    """Chunks grow with the manifests so that read tasks number about `blocks`, up to `max_rows` rows each,
+    and never shrink below the grain; two manifests' chunks never mix."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.parquet"
+    a.write_text("".join(json.dumps({"audio": f"{i}.wav"}) + "\n" for i in range(1000)))
+    pq.write_table(pa.table({"audio": [f"{i}.wav" for i in range(600)]}), b, row_group_size=128)
+    chunks, rows_in, size = read.plan([str(a), str(b)], 4, 8, 10_000, {})
+    assert (rows_in, size) == (1600, 200) and chunks.num_rows == 5 + 3
+    assert [r for c in chunks.to_pylist() for r in range(c["start"], c["stop"])] == list(range(1000)) + list(range(600))
+    assert read.plan([str(a), str(b)], 4, 8, 64, {})[2] == 64  # capped at max_rows
+    assert read.plan([str(a)], 4, 10_000, 64, {})[2] == 4  # never below the grain
+    done = {str(a): np.arange(1000), str(b): np.arange(0, 600, 2)}
+    chunks, _, _ = read.plan([str(a), str(b)], 4, 8, 10_000, done)
+    assert [c["manifest"] for c in chunks.to_pylist()] == [str(b)] * 3  # a is done; b's odd rows are not
+    assert sum(len(c["done"]) for c in chunks.to_pylist()) == 300
 
 
 def test_parquet_manifest_in_chunks_across_row_groups(tmp_path):
