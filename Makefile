@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # CPU engine by default; on a GPU box: make setup ENGINE=gpu
 ENGINE ?= cpu
 
-.PHONY: setup assets demo test clean
+.PHONY: setup assets browser demo test clean
 
 setup: $(VENV)/.installed
 
@@ -24,12 +24,20 @@ assets: setup
 	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
 	$(PY) -m jobs.assets
 
+# The review page is tested in a real browser: Debian's chromium and its driver.
+browser:
+	command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
+# The order a user runs: dedup -> caption / transcribe / aqa -> quality (re-check with other rules) -> export.
 demo: assets
+	$(PY) -m jobs.dedup --config configs/dedup-demo.yaml --fresh
 	$(PY) -m jobs.caption --config configs/caption-demo.yaml --fresh
 	$(PY) -m jobs.transcribe --config configs/transcribe-demo.yaml --fresh
 	$(PY) -m jobs.aqa --config configs/aqa-demo.yaml --fresh
+	$(PY) -m jobs.quality --config configs/quality-demo.yaml --fresh
+	$(PY) -m jobs.export --config configs/export.yaml --fresh
 
-test: assets
+test: assets browser
 	$(PY) -m pytest -q tests
 
 clean:

@@ -110,29 +110,16 @@ def decode_bench(work: str, minutes: list[float], formats: list[str], baseline: 
         print(line, flush=True)
 
 
-def music(seconds: float, rate: int) -> np.ndarray:
-    """A music-like bed: a chord progression of plucked harmonic tones on a beat."""
-    t = np.arange(int(seconds * rate)) / rate
-    out = np.zeros_like(t)
-    chords = [(220.0, 277.2, 329.6), (196.0, 246.9, 293.7), (174.6, 220.0, 261.6), (196.0, 246.9, 311.1)]
-    beat = 0.5
-    for k, start in enumerate(np.arange(0, seconds, beat)):
-        a, b = int(start * rate), int(min(seconds, start + 4 * beat) * rate)
-        tt = t[a:b] - start
-        for f in chords[(k // 8) % len(chords)]:
-            out[a:b] += np.exp(-3 * tt) * (np.sin(2 * np.pi * f * tt) + 0.3 * np.sin(4 * np.pi * f * tt))
-    return (out / np.abs(out).max()).astype(np.float32)
-
-
 def wer_bench(work: str) -> None:
     import jiwer
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from jobs.assets import talk
+    from jobs.assets import music, talk
 
     wave, rate, sentences = talk(180.0, seed=3)
-    bed = music(60.0, rate)
+    bed = music(np.random.default_rng(3), 60.0, rate)
+    bed /= np.abs(bed).max()
     a = int(60 * rate)
     wave[a:a + len(bed)] += 0.25 * bed[:len(wave) - a]  # about -12 dB under the speech, minute 1 to 2
     path = os.path.join(work, "talk-music.wav")

@@ -17,10 +17,10 @@ from operators import decode, generate, prompt
 COLUMN = "answer"
 
 
-def build(ds, cfg, spec, prompts):
+def build(ds, cfg, spec, prompts, column):
     ds = decode.apply(ds, cfg, spec)
     ds = prompt.apply(ds, cfg, spec, prompts, conversations=True)
-    return generate.apply(ds, cfg, spec, COLUMN)
+    return generate.apply(ds, cfg, spec, column)
 
 
 JOB = Job(COLUMN, build, conversations=True)

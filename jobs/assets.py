@@ -352,6 +352,160 @@ def build_longform(out: str) -> str:
     return manifest
 
 
+WORDS = ("the a one two small large red green quick slow river mountain city garden window table music "
+         "morning evening engine station report project meeting doctor teacher child friend market bridge "
+         "storm summer winter coffee letter phone street").split()
+NOTES = 220.0 * 2 ** (np.arange(24) / 12)
+
+
+def babble(rng, seconds: float) -> tuple[np.ndarray, int]:
+    """Speech of random word strings (espeak-ng), about `seconds` long."""
+    pieces, rate, total = [], 22050, 0.0
+    while total < seconds:
+        text = " ".join(rng.choice(WORDS, rng.integers(5, 12))) + "."
+        x, rate = speak(text)
+        x = trimmed(x)
+        pause = np.zeros(int(rng.uniform(0.2, 0.6) * rate), np.float32)
+        pieces += [x, pause]
+        total += (len(x) + len(pause)) / rate
+    return np.concatenate(pieces)[:int(seconds * rate)], rate
+
+
+def melody(rng, seconds: float, rate: int) -> np.ndarray:
+    """Notes or chords of harmonic tones with attack/decay envelopes, at random tempo."""
+    out = np.zeros(int(seconds * rate), np.float32)
+    t0, beat = 0.0, rng.uniform(0.15, 0.6)
+    while t0 < seconds:
+        n = int(rng.integers(1, 4))
+        length = beat * rng.integers(1, 4)
+        a, b = int(t0 * rate), min(len(out), int((t0 + length) * rate))
+        tt = np.arange(b - a) / rate
+        env = np.minimum(tt / 0.01, 1) * np.exp(-tt * rng.uniform(1, 6))
+        for f in rng.choice(NOTES, n, replace=False):
+            out[a:b] += env * (np.sin(2 * np.pi * f * tt) + 0.3 * np.sin(4 * np.pi * f * tt)) / n
+        t0 += length
+    return out
+
+
+def texture(rng, seconds: float, rate: int) -> np.ndarray:
+    """Noise with a random spectral shape and random slow and fast amplitude modulation (wind, rain, hum)."""
+    n = int(seconds * rate)
+    spec = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    shape = np.ones_like(freqs)
+    for _ in range(int(rng.integers(2, 5))):
+        shape += rng.uniform(1, 8) * np.exp(-((np.log(freqs + 1) - np.log(rng.uniform(100, 6000))) ** 2) / 0.1)
+    x = np.fft.irfft(spec * shape / (1 + freqs / rng.uniform(500, 4000)), n)
+    t = np.arange(n) / rate
+    am = 1 + 0.8 * np.sin(2 * np.pi * rng.uniform(0.1, 3) * t + rng.uniform(0, 6)) * rng.uniform(0.3, 1)
+    bursts = (rng.random(n // 800 + 1) < rng.uniform(0.05, 0.4)).repeat(800)[:n] * rng.uniform(0, 2)
+    return (x * (am + bursts) / np.abs(x).max()).astype(np.float32)
+
+
+def music(rng, seconds: float, rate: int) -> np.ndarray:
+    """Chords, a bass line and noise hits on a beat: music-like."""
+    x = melody(rng, seconds, rate) + 0.5 * melody(rng, seconds, rate) * 0.5
+    beat = rng.uniform(0.3, 0.7)
+    for k in range(int(seconds / beat)):
+        a = int(k * beat * rate)
+        hit = rng.standard_normal(int(0.05 * rate)) * np.exp(-np.arange(int(0.05 * rate)) / (0.01 * rate))
+        x[a:a + len(hit)] += 0.5 * hit[:len(x) - a]
+    return x
+
+
+def original(rng, kind: str, bounds: tuple[float, float] = (3.0, 30.0)) -> tuple[np.ndarray, int]:
+    """A distinct clip of `bounds` seconds, 44.1 or 48 kHz stereo."""
+    seconds = float(rng.uniform(*bounds))
+    if kind == "speech":
+        mono, rate = babble(rng, seconds)
+        import soxr
+
+        target = int(rng.choice([44100, 48000]))
+        mono, rate = soxr.resample(mono, rate, target), target
+    else:
+        rate = int(rng.choice([44100, 48000]))
+        mono = {"melody": melody, "texture": texture, "music": music}[kind](rng, seconds, rate)
+    mono = 0.5 * mono / (np.abs(mono).max() + 1e-9)
+    pan = rng.uniform(0.5, 1.0)
+    return np.stack([mono, pan * mono], axis=1).astype(np.float32), rate
+
+
+TRANSFORMS = ("mp3", "ogg", "resample", "gain", "downmix", "silence", "cut")
+
+
+def copy(rng, x: np.ndarray, rate: int, path_stem: str, transforms=TRANSFORMS) -> tuple[str, list[str]]:
+    """Write a transformed copy; returns its path and the transforms applied (1 to 3 of them)."""
+    import soundfile as sf
+    import soxr
+
+    chosen = list(rng.choice(transforms, int(rng.integers(1, 4)), replace=False))
+    y = x.copy()
+    if "gain" in chosen:
+        y *= 10 ** (rng.uniform(-6, 6) / 20)
+    if "silence" in chosen:
+        y = np.concatenate([np.zeros((int(rng.uniform(0.05, 0.5) * rate), y.shape[1]), np.float32), y])
+    if "cut" in chosen:
+        y = y[int(rng.uniform(0.05, 0.5) * rate):]
+    if "downmix" in chosen:
+        y = y.mean(axis=1, keepdims=True)
+    if "resample" in chosen:
+        y = soxr.resample(y, rate, 16000)
+        rate = 16000
+    y = np.clip(y, -1, 1)
+    if "mp3" in chosen:
+        # libsndfile maps compression_level 0..1 onto LAME's bitrates: 0.3-0.6 gives about 64-128 kbit/s.
+        path = path_stem + ".mp3"
+        sf.write(path, y, rate, format="MP3", bitrate_mode="CONSTANT", compression_level=float(rng.uniform(0.3, 0.6)))
+    elif "ogg" in chosen:
+        path = path_stem + ".ogg"
+        sf.write(path, y, rate, format="OGG", subtype="VORBIS", compression_level=float(rng.uniform(0.5, 0.8)))
+    else:
+        path = path_stem + ".flac"
+        sf.write(path, y, rate, format="FLAC")
+    return path, chosen
+
+
+def corpus(folder: str, clips: int, seed: int = 0, copies: tuple[int, int] = (2, 4), transforms=TRANSFORMS,
+           seconds: tuple[float, float] = (3.0, 30.0)) -> list[dict]:
+    """Manifest rows: originals (ids `o...`, `group` their index) and their copies (ids `x...`, the same
+    group), shuffled. Originals sort first, so a cluster keeps its original."""
+    import soundfile as sf
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    kinds = ["speech", "melody", "texture", "music"]
+    rows = []
+    for i in range(clips):
+        x, rate = original(rng, kinds[i % len(kinds)], seconds)
+        path = os.path.join(folder, f"o{i:05d}.wav")
+        sf.write(path, x, rate)
+        rows.append({"id": f"o{i:05d}", "audio": path, "group": i, "kind": kinds[i % len(kinds)], "transforms": []})
+        for k in range(int(rng.integers(copies[0], copies[1] + 1))):
+            p, applied = copy(rng, x, rate, os.path.join(folder, f"x{i:05d}-{k}"), transforms)
+            rows.append({"id": f"x{i:05d}-{k}", "audio": p, "group": i, "kind": kinds[i % len(kinds)],
+                         "transforms": applied})
+    order = rng.permutation(len(rows))
+    return [rows[j] for j in order]
+
+
+def build_dedup(out: str) -> str:
+    """The dedup demo: 8 clips of 3-8 s and 2 copies of each (`manifest.jsonl`), and an evaluation set of
+    other copies of two of them (`eval.jsonl`) that the demo keeps out."""
+    import soundfile as sf
+
+    rows = corpus(os.path.join(out, "audio"), 8, seed=11, copies=(2, 2), seconds=(3.0, 8.0))
+    rng, evaluation = np.random.default_rng(12), []
+    for r in sorted((r for r in rows if not r["transforms"] and r["group"] < 2), key=lambda r: r["id"]):
+        x, rate = sf.read(r["audio"], dtype="float32", always_2d=True)
+        path, _ = copy(rng, x, rate, os.path.join(out, "audio", f"eval-{r['id']}"), ("gain", "downmix", "silence"))
+        evaluation.append({**r, "id": f"eval-{r['id']}", "audio": path})
+    for name, items in (("manifest.jsonl", rows), ("eval.jsonl", evaluation)):
+        with open(os.path.join(out, name), "w") as f:
+            f.writelines(json.dumps({"id": r["id"], "audio": os.path.relpath(r["audio"], out), "kind": r["kind"]}) + "\n"
+                         for r in items)
+    return os.path.join(out, "manifest.jsonl")
+
+
 # The sample lines of DataFlow-MM's audio QA guide, verbatim; the audio paths are relative to the manifest.
 DATAFLOW_GUIDE = (
     '{"audio": ["../example_data/audio_aqa_pipeline/test_1.wav"], "conversation": [{"from": "human", "value": '
@@ -439,9 +593,12 @@ def main(argv: list[str] | None = None) -> None:
     longform = os.path.join(root, "longform")
     if not os.path.isfile(os.path.join(longform, "manifest.jsonl")):
         build_longform(longform)
+    dedup = os.path.join(root, "dedup")
+    if not os.path.isfile(os.path.join(dedup, "eval.jsonl")):
+        build_dedup(dedup)
     print(f"models: {', '.join(sorted(os.listdir(models)))} in {models}\n"
           f"manifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl, {aqa}/data/*.jsonl, "
-          f"{longform}/manifest.jsonl")
+          f"{longform}/manifest.jsonl, {dedup}/manifest.jsonl (+ eval.jsonl)")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from operators import decode, generate, prompt
 COLUMN = "caption"
 
 
-def build(ds, cfg, spec, prompts):
+def build(ds, cfg, spec, prompts, column):
     ds = decode.apply(ds, cfg, spec)
     ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)  # fans out over prompts: K rows a clip
-    return generate.apply(ds, cfg, spec, COLUMN)
+    return generate.apply(ds, cfg, spec, column)
 
 
 JOB = Job(COLUMN, build)

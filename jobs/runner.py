@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import uuid
@@ -19,7 +20,7 @@ from typing import Callable
 from jobs import report as report_mod
 from operators import config as config_mod
 from operators import ledger as ledger_mod
-from operators import quality, read, score, stitch, write
+from operators import quality, read, score, write
 from operators.models import spec as model_spec
 
 
@@ -28,9 +29,13 @@ class Job:
     column: str | None  # the output column: caption, text, answer; None: the one the input output has
     build: Callable  # (ds, cfg, spec, prompts) -> ds: the stages between read and the checks
     conversations: bool = False  # rows bring a conversation to answer (question answering)
-    stitch: bool = False  # also write one row per source clip, its windows' texts joined (clips/)
     derived: bool = False  # reads another job's output: one row out per row in, its columns kept
     generates: bool = True  # runs an engine: needs `model` and a prompt
+    checks: bool = True  # its rows have text for the quality and score stages
+    split_by: str | None = None  # commit one file per value of this column (export: the dataset split)
+    # (cfg, ledger, column, written) -> None: what the job writes from its committed output at the end of a
+    # run, before the summary (the stitched transcripts, a dataset card).
+    finish: Callable | None = None
 
 
 TEXT_COLUMNS = ("caption", "text", "answer")  # what the generating jobs write; derived jobs find theirs
@@ -65,21 +70,25 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     return ap.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
-def prepare_output(output: str, fresh: bool) -> None:
-    """Clear the output for --fresh; otherwise only the markers of a finished run, which this run rewrites."""
+def prepare_output(output: str, fresh: bool, keep: tuple[str, ...] = ()) -> None:
+    """Clear the output for --fresh (all but the subfolders named in `keep`); otherwise only the markers of a
+    finished run, which this run rewrites."""
     fs, root = ledger_mod.output_fs(output)
     if not fs.exists(root):
         return
     if fresh:
-        fs.rm(root, recursive=True)
+        for info in fs.ls(root, detail=True):
+            if info["name"].rstrip("/").rsplit("/", 1)[-1] not in keep:
+                fs.rm(info["name"], recursive=True)
         return
     for name in (ledger_mod.SUCCESS, ledger_mod.SUMMARY):
         if fs.exists(f"{root}/{name}"):
             fs.rm(f"{root}/{name}")
 
 
-def run(cfg, job: Job, fresh: bool = False) -> dict:
-    """Run one job to completion (or resume it) and return its summary."""
+def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_args: dict | None = None) -> dict:
+    """Run one job to completion (or resume it) and return its summary. `keep`: subfolders --fresh spares;
+    `build_args`: passed to the job's build (what a job computed before this run, e.g. clusters)."""
     import ray
 
     prompts = check(cfg, job)
@@ -87,7 +96,7 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     spec = model_spec(cfg.model.family) if job.generates else None
     manifests = read.expand(cfg.input)
     column = job.column or text_column(manifests)
-    prepare_output(cfg.output, fresh)
+    prepare_output(cfg.output, fresh, keep)
     ledger = ledger_mod.Ledger(cfg.output).update()  # the one read of what is committed
     done = ledger.done()
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
@@ -108,19 +117,21 @@ def run(cfg, job: Job, fresh: bool = False) -> dict:
     written, stages = 0, {}
     if chunks.num_rows:  # else all is committed: no engine to start
         ds = job.build(read.read(chunks, min(cfg.read.concurrency, chunks.num_rows), derived=job.derived), cfg,
-                       spec, prompts)
-        ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules)
+                       spec, prompts, column=column, **(build_args or {}))
+        if job.checks:
+            ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules)
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
-                         committed=None if job.derived else ledger.partial(), derived=job.derived)
+                         committed=None if job.derived else ledger.partial(), derived=job.derived,
+                         split_by=job.split_by)
         written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
         stages = stage_times(ds)
     ledger.update()  # reads only the parts this run committed
-    fs, root = ledger_mod.output_fs(cfg.output)
-    if job.stitch and ledger.parts and (written or not fs.exists(f"{root}/{stitch.CLIPS}")):
-        stitch.apply(cfg.output, sorted(ledger.parts), column)
+    if job.finish is not None:
+        job.finish(cfg, ledger, column, written)
     wall = time.time() - t0
     summary = {"rows_in": rows_in, **ledger.counts(run_id), "run_id": run_id, "column": column,
-               "model": cfg.model.path if cfg.model else None,
+               "model": cfg.model.path if cfg.model else None, "prompts": list(prompts) or ledger.prompt_ids,
+               "started_at": t0,
                "rows_resumed": resumed, "output_rows_this_run": int(written), "wall_s": round(wall, 2),
                "output_rows_per_s": round(written / wall, 3), "stages": stages}
     # This run's tokens only: a resume's earlier rows took no time now.
@@ -166,7 +177,7 @@ def stage_times(ds) -> dict:
 
     out = {}
     for op in ops(ds.get_stats_summary()):
-        name = op.operator_name.removeprefix("MapBatches(").removesuffix(")")
+        name = re.sub(r"MapBatches\((\w+)\)", r"\1", op.operator_name)  # fused: "mark->write_batch"
         span = (op.latest_end_time - op.earliest_start_time
                 if op.latest_end_time is not None and op.earliest_start_time is not None else None)
         out[name] = {"span_s": None if span is None else round(span, 2),
@@ -200,15 +211,16 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
           f"{summary['output_rows_per_s']:.2f} clips/s  wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
-    if "flags" in summary:
-        print(f"quality: kept {summary['rows_kept']} of {summary['output_rows']} rows, {summary['rows_flagged']} "
-              "flagged" + "".join(f"\n  {flag}: {n}" for flag, n in summary["flags"].items()))
+    if "rows_kept" in summary or "flags" in summary:
+        kept = f"kept {summary['rows_kept']} of {summary['output_rows']} rows" if "rows_kept" in summary else ""
+        flagged = f", {summary['rows_flagged']} flagged" if summary.get("flags") else ""
+        print(f"quality: {kept}{flagged}" + "".join(f"\n  {flag}: {n}" for flag, n in summary.get("flags", {}).items()))
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
           f"out {summary['output_tokens']}  ({summary.get('output_tokens_per_s', 0):.1f}/s this run)")
     for name, t in summary["stages"].items():
         print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
               f"rows {t['rows_out']}")
-    print(f"output: {output}  (report: {report_mod.REPORT}, summary: {ledger_mod.SUMMARY})")
+    print(f"output: {output}  (review page: {report_mod.PAGE}, summary: {ledger_mod.SUMMARY})")
     fs, root = ledger_mod.output_fs(output)
     files = sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
     if files:  # a few rows of the first part

@@ -11,18 +11,18 @@ from __future__ import annotations
 import sys
 
 from jobs.runner import Job, main
-from operators import decode, generate, prompt
+from operators import decode, generate, prompt, stitch
 
 COLUMN = "text"
 
 
-def build(ds, cfg, spec, prompts):
+def build(ds, cfg, spec, prompts, column):
     ds = decode.apply(ds, cfg, spec)
     ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)  # fans out over prompts: K rows a clip
-    return generate.apply(ds, cfg, spec, COLUMN)
+    return generate.apply(ds, cfg, spec, column)
 
 
-JOB = Job(COLUMN, build, stitch=True)
+JOB = Job(COLUMN, build, finish=stitch.finish)
 
 if __name__ == "__main__":
     sys.exit(main(JOB, __doc__))

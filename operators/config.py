@@ -275,6 +275,47 @@ class ScoreCfg(_Strict):
     num_cpus: float = Field(1.0, gt=0)
 
 
+class DedupCfg(_Strict):
+    """jobs.dedup: copies of a clip found by fingerprint (operators/fingerprint.py, operators/cluster.py)."""
+
+    exclude: list[str] = Field(default_factory=list)  # manifests of evaluation sets: rows copying them are marked
+    max_ber: float = Field(0.35, gt=0, lt=0.5)  # bit error rate at or under which two clips are copies
+    max_length_gap_s: float = Field(1.2, ge=0)  # ... and their non-silent lengths differ by at most this
+    bands: int = Field(8, ge=1)  # signature bands of `bits` bits each: copies share at least one bucket
+    bits: int = Field(8, ge=1, le=16)
+    length_grid_s: float = Field(2.5, gt=0)  # lengths in cells this long (two grids): within half share one
+    max_bucket: int = Field(2000, ge=2)  # rows compared together in one bucket at most
+
+    @field_validator("bits")
+    @classmethod
+    def _fits(cls, v, info):
+        bands = info.data.get("bands", 8)
+        if bands * v > 64:
+            raise ValueError(f"bands x bits must be at most 64 (the signature's bits); got {bands} x {v}")
+        return v
+
+
+class ExportCfg(_Strict):
+    """jobs.export: a job's kept rows as a Hugging Face dataset (operators/export.py)."""
+
+    # Fractions of source clips per split (a clip's windows, prompts and copies share one).
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "validation": 0.05, "test": 0.05})
+    seed: int = 0
+    sample_rate: int = Field(16_000, ge=8000)  # of each row's audio
+    concurrency: int = Field(2, ge=1)  # CPU actors cutting and encoding windows
+    num_cpus: float = Field(0.5, gt=0)
+
+    @field_validator("splits")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(f <= 0 for f in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
+            raise ValueError("give each split a fraction above 0, together 1, e.g. {train: 0.9, test: 0.1}")
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", k) or k == "dropped"]
+        if bad:
+            raise ValueError(f"split names are letters, digits and _ (not 'dropped'); got {bad[0]!r}")
+        return v
+
+
 class ErrorsCfg(_Strict):
     # Fail the job (non-zero exit) when more than this percentage of output rows have such errors.
     # Bad inputs never fail it by default (null); engine errors mean something is wrong with the run.
@@ -293,6 +334,8 @@ class JobCfg(_Strict):
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
     quality: QualityCfg = Field(default_factory=QualityCfg)
     score: ScoreCfg = Field(default_factory=ScoreCfg)
+    dedup: DedupCfg = Field(default_factory=DedupCfg)
+    export: ExportCfg = Field(default_factory=ExportCfg)
     storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
     errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
@@ -478,6 +521,9 @@ def check_paths(cfg: JobCfg) -> None:
     if not files:
         raise ConfigError(f"input: no manifest matches {cfg.input!r}; give a .jsonl/.parquet file, glob or list, "
                           "or a job's output folder")
+    for spec in cfg.dedup.exclude:
+        if not expand(spec):
+            raise ConfigError(f"dedup.exclude: no manifest matches {spec!r}; list the evaluation sets' manifests")
     if cfg.score.enabled and not is_hub_id(cfg.score.model) and not os.path.isdir(os.path.expanduser(cfg.score.model)):
         raise ConfigError(f"score.model: no checkpoint folder at {cfg.score.model!r}; give a ClapModel folder or a "
                           "hub id such as laion/clap-htsat-unfused")

@@ -195,12 +195,17 @@ def _stream(snd, uri: str, rate: int, src_rate: int, declared: int, spill, vad, 
     stream = StreamVAD(vad) if vad is not None else None
     decoded, samples, peak = 0, 0, 0.0
     redo = MP3_REDO if snd.format == "MP3" and snd.seekable() else 0
+    # Integer PCM is read as integers and scaled here: libsndfile scales FLAC's to float a hair differently
+    # from WAV's (one 16-bit step apart near full scale), and the same samples must decode the same.
+    integer = snd.subtype.startswith(("PCM_", "ALAC_"))
     while True:
         try:
             back = min(redo, decoded)
             if back:
                 snd.seek(decoded - back)
-            x = snd.read(BLOCK_FRAMES + back, dtype="float32", always_2d=True)[back:]
+            x = snd.read(BLOCK_FRAMES + back, dtype="int32" if integer else "float32", always_2d=True)[back:]
+            if integer:
+                x = x.astype(np.float32) * np.float32(2.0 ** -31)
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
             # The decoder lost its way: at the file's last byte the file was cut short, before it corrupt.
             if at_end():
@@ -236,6 +241,23 @@ def _stream(snd, uri: str, rate: int, src_rate: int, declared: int, spill, vad, 
         energy.append(np.array([np.square(rest).mean()], np.float32))
     return Clip(spill, rate, samples, decoded / src_rate, peak, np.concatenate(energy).astype(np.float32),
                 stream.result() if stream is not None else None)
+
+
+def window(uri: str, start_s: float, end_s: float, rate: int) -> np.ndarray:
+    """Mono float32 at `rate` of [start_s, end_s) of a clip: seek, read that stretch, resample."""
+    import soundfile as sf
+    import soxr
+
+    with source(uri, None, 64 * 2 ** 20) as (f, _):
+        try:
+            with sf.SoundFile(f) as snd:
+                snd.seek(int(round(start_s * snd.samplerate)))
+                x = snd.read(int(round((end_s - start_s) * snd.samplerate)), dtype="float32", always_2d=True)
+                src = snd.samplerate
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            raise DecodeError("corrupt", uri, str(e)) from None
+    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    return soxr.resample(mono, src, rate, quality="HQ").astype(np.float32) if src != rate else mono
 
 
 def load(uri: str, sample_rate: int, data: bytes | None = None) -> tuple[np.ndarray, float]:
@@ -315,10 +337,16 @@ def speech_seconds(spans: list[tuple[int, int]], speech: list[tuple[int, int]], 
     return [float(np.clip(np.minimum(s[:, 1], b) - np.maximum(s[:, 0], a), 0, None).sum()) / rate for a, b in spans]
 
 
+IDENTITY_CHUNK = 60 * 16_000  # samples of a decoded clip fingerprinted at once
+
+
 class Decode(Stage):
+    """Windows of each row's audio; or, with `identity` (the dedup job), one row per input row carrying the
+    clip's identities (operators/fingerprint.py) and no audio."""
+
     reads = ("audio_uris", "audio_bytes")
     writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "speech_s",
-              "warning", "error")
+              "warning", "error")  # identity: audio_hash, fingerprint, signature, active_s instead of audio
 
     def setup(self) -> None:
         c = self.cfg
@@ -335,7 +363,8 @@ class Decode(Stage):
         self.spill_mb: float = c["spill_mb"]
         self.whole_mb: float = c["whole_mb"]
         self.block_bytes = int(c["output_block_mb"] * 2 ** 20)
-        self.vad = vad_session() if "vad" in (self.cut, self.segment) else None
+        self.identity: bool = c["identity"]
+        self.vad = vad_session() if "vad" in (self.cut, self.segment) and not self.identity else None
 
     def _decode(self, uri: str, data: bytes | None) -> Clip:
         return decode(uri, data, self.rate, max_duration_s=self.max_duration_s, vad=self.vad,
@@ -393,9 +422,55 @@ class Decode(Stage):
                 c.close()
             raise
 
+    def _identify(self, uris: list[str], data: list) -> tuple:
+        from operators.fingerprint import identify
+
+        if len(uris) > 1:
+            raise DecodeError("several_audio", ", ".join(uris), "a row with several audio items has no one identity")
+        clip = self._decode(uris[0], data[0])
+        try:
+            found = identify(clip.read(a, min(a + IDENTITY_CHUNK, clip.samples))
+                             for a in range(0, clip.samples, IDENTITY_CHUNK))
+            warn = (f"decode/silent: {uris[0]}: peak amplitude below {SILENCE_PEAK:g}" if clip.peak < SILENCE_PEAK
+                    else None)
+            return found, clip.duration, warn
+        finally:
+            clip.close()
+
+    def identities(self, batch: pa.Table) -> pa.Table:
+        found, durations, warns, errs = [], [], [], []
+        inline = batch.column("audio_bytes").to_pylist()
+        for uris, data, err in zip(batch.column("audio_uris").to_pylist(), inline, errors(batch)):
+            ident, duration, warn = None, None, None
+            if err is None:
+                try:
+                    ident, duration, warn = self._identify(uris, data)
+                except DecodeError as e:
+                    err = str(e)
+                except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
+                    err = f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
+            found.append(ident)
+            durations.append(duration)
+            warns.append(warn)
+            errs.append(err)
+        n = batch.num_rows
+        return put(batch, audio_hash=pa.array([i and i.audio_hash for i in found], pa.string()),
+                   fingerprint=pa.array([i and i.fingerprint for i in found], pa.binary()),
+                   signature=pa.array([i and (i.signature - (1 << 64) if i.signature >= 1 << 63 else i.signature)
+                                       for i in found], pa.int64()),
+                   active_s=pa.array([i and i.active_s for i in found], pa.float64()),
+                   duration_s=pa.array(durations, pa.float64()), segment=pa.array([0] * n, pa.int32()),
+                   segment_start_s=pa.array([None if d is None else 0.0 for d in durations], pa.float64()),
+                   segment_end_s=pa.array(durations, pa.float64()),
+                   segments=pa.array([1] * n, pa.int32()), warning=pa.array(warns, pa.string()),
+                   error=pa.array(errs, pa.string()))
+
     def process(self, batch: pa.Table) -> Iterator[pa.Table]:
         """Yields blocks of about `output_block_mb` of audio at most: a long clip's windows leave in several,
         each read from the spill only when its block is built."""
+        if self.identity:
+            yield self.identities(batch)
+            return
         out = _Block()
         inline = batch.column("audio_bytes").to_pylist()
         for i, (uris, data, err) in enumerate(zip(batch.column("audio_uris").to_pylist(), inline, errors(batch))):
@@ -448,20 +523,21 @@ class _Block:
         return out
 
 
-def options(d, spec) -> dict:
+def options(d, spec, identity: bool = False) -> dict:
     """The Decode stage's arguments: the config's `decode` section and the model's rate and window."""
-    return dict(sample_rate=spec.sample_rate, window_s=spec.window_s, long_audio=d.long_audio,
+    return dict(identity=identity, sample_rate=spec.sample_rate, window_s=spec.window_s, long_audio=d.long_audio,
                 max_duration_s=d.max_duration_s, cut_search_s=d.cut_search_s, overlap_s=d.overlap_s, cut=d.cut,
                 segment=d.segment, vad=d.vad.silero(), segment_vad=d.segments.silero(d.vad), spill_mb=d.spill_mb,
                 whole_mb=d.whole_mb, output_block_mb=d.output_block_mb)
 
 
-def apply(ds, cfg, spec):
-    """CPU actor pool that decodes each row's audio into `waveform` (windows) at the model's sample rate."""
+def apply(ds, cfg, spec, identity: bool = False):
+    """CPU actor pool that decodes each row's audio into `waveform` (windows) at the model's sample rate; with
+    `identity`, into each clip's identities instead."""
     d = cfg.decode
     return ds.map_batches(
         Decode,
-        fn_constructor_kwargs=options(d, spec),
+        fn_constructor_kwargs=options(d, spec, identity),
         batch_format="pyarrow",
         batch_size=d.batch_size,
         compute=actors(d.concurrency),

@@ -15,6 +15,8 @@ threshold and their durations agree; the thresholds are the dedup config's.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -22,15 +24,25 @@ RATE = 16_000
 N_FFT, HOP = 4096, 512  # 256 ms frames every 32 ms
 BANDS = np.geomspace(300.0, 4000.0, 34)  # 33 bands: 32 differences
 QUIET_DB = -45.0  # frames this far under the clip's loudest are silence
-MAX_SHIFT_S = 0.6  # offsets searched when comparing two clips
+MAX_SHIFT_S = 1.1  # offsets searched when comparing two clips: one had 0.5 s added, the other 0.5 s cut
 
 
-def audio_hash(chunks) -> str:
-    """BLAKE2b-128 of mono float samples as 16-bit PCM, fed chunk by chunk."""
-    h = hashlib.blake2b(digest_size=16)
+@dataclass
+class Identity:
+    audio_hash: str
+    fingerprint: bytes
+    signature: int  # 64 bits
+    active_s: float  # seconds from the first to the last frame that is not silence
+
+
+def identify(chunks: Iterable[np.ndarray]) -> Identity:
+    """Both identities of a clip from its 16 kHz mono samples, chunk by chunk (one pass, bounded memory)."""
+    h, spectrum = hashlib.blake2b(digest_size=16), Spectrum()
     for x in chunks:
         h.update(np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2").tobytes())
-    return h.hexdigest()
+        spectrum.add(x)
+    fingerprint, signature, frames = identity(spectrum.energies())
+    return Identity(h.hexdigest(), fingerprint, signature, frames * HOP / RATE)
 
 
 class Spectrum:
@@ -38,31 +50,33 @@ class Spectrum:
 
     def __init__(self):
         freqs = np.fft.rfftfreq(N_FFT, 1 / RATE)
-        self.band_of = np.digitize(freqs, BANDS) - 1  # -1 / 33: outside the bands
+        band = np.digitize(freqs, BANDS) - 1
+        inside = (band >= 0) & (band < len(BANDS) - 1)
+        self.bands = np.zeros((len(freqs), len(BANDS) - 1), np.float32)  # bins -> bands, one matrix product
+        self.bands[np.flatnonzero(inside), band[inside]] = 1
         self.window = np.hanning(N_FFT).astype(np.float32)
         self.rest = np.zeros(0, np.float32)
         self.frames: list[np.ndarray] = []
 
     def add(self, x: np.ndarray) -> None:
+        import scipy.fft
+
         x = np.concatenate([self.rest, np.asarray(x, np.float32)])
         n = (len(x) - N_FFT) // HOP + 1 if len(x) >= N_FFT else 0
         if n:
-            idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
-            power = np.abs(np.fft.rfft(x[idx] * self.window, axis=1)) ** 2
-            inside = (self.band_of >= 0) & (self.band_of < len(BANDS) - 1)
-            energy = np.zeros((n, len(BANDS) - 1), np.float64)
-            np.add.at(energy.T, self.band_of[inside], power[:, inside].T)
-            self.frames.append(energy)
+            frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP][:n] * self.window
+            power = np.abs(scipy.fft.rfft(frames, axis=1, workers=1)) ** 2  # float32 throughout
+            self.frames.append((power @ self.bands).astype(np.float64))
         self.rest = x[n * HOP:]
 
     def energies(self) -> np.ndarray:
         return np.concatenate(self.frames) if self.frames else np.zeros((0, len(BANDS) - 1))
 
 
-def identity(energy: np.ndarray, seed: int = 0) -> tuple[bytes, int]:
-    """(fingerprint bytes, 64-bit signature) from band energies per frame."""
-    if not len(energy):
-        return b"", 0
+def identity(energy: np.ndarray, seed: int = 0) -> tuple[bytes, int, int]:
+    """(fingerprint bytes, 64-bit signature, frames not silent) from band energies per frame."""
+    if not len(energy) or not energy.any():
+        return b"", 0, 0
     loud = energy.sum(axis=1)
     keep = 10 * np.log10(loud + 1e-20) >= 10 * np.log10(loud.max() + 1e-20) + QUIET_DB
     first, last = np.flatnonzero(keep)[[0, -1]]
@@ -75,7 +89,7 @@ def identity(energy: np.ndarray, seed: int = 0) -> tuple[bytes, int]:
     stats = np.concatenate([log.mean(axis=0), log.std(axis=0)])
     planes = np.random.default_rng(seed).standard_normal((64, len(stats)))
     signature = int(np.packbits(planes @ stats > 0, bitorder="little").view("<u8")[0])
-    return words.astype("<u4").tobytes(), signature
+    return words.astype("<u4").tobytes(), signature, len(e)
 
 
 def bit_error_rate(a: bytes, b: bytes, max_shift: int = int(MAX_SHIFT_S * RATE / HOP),
@@ -95,6 +109,12 @@ def bit_error_rate(a: bytes, b: bytes, max_shift: int = int(MAX_SHIFT_S * RATE /
     return best
 
 
-def bands(signature: int, count: int, bits: int) -> list[int]:
-    """The LSH band keys of a signature: `count` slices of `bits` bits (band index in the high bits)."""
-    return [(k << bits) | ((signature >> (k * bits)) & ((1 << bits) - 1)) for k in range(count)]
+def buckets(identity: Identity, bands: int, bits: int, seconds: float) -> list[int]:
+    """LSH bucket keys of a clip: its exact hash, and per band of `bits` signature bits that band's value
+    with the clip's length on two grids of `seconds` offset by half (any two lengths within seconds/2
+    share a cell of one grid). Copies share a key unless every band of their signatures differs."""
+    keys = [identity.audio_hash]
+    for grid in (0.0, 0.5):
+        cell = int(identity.active_s / seconds + grid)
+        keys += [f"{grid}/{cell}/{k}/{(identity.signature >> (k * bits)) & ((1 << bits) - 1)}" for k in range(bands)]
+    return [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little", signed=True) for k in keys]

@@ -29,7 +29,7 @@ UNIT = ["source_manifest", "source_row", "segment", "prompt_id"]
 KEYS = [*UNIT, "segments", "prompts"]
 # Read when present: counts for the summary and the report. Outputs of older runs may lack some.
 STATS = ["error", "segment_start_s", "segment_end_s", "duration_s", "prompt_tokens", "output_tokens", "run_id",
-         "flags", "keep"]
+         "flags", "keep", "duplicate_of", "contaminated_by"]
 DICTIONARY = ["source_manifest", "prompt_id", "run_id", "input_part"]
 # Parts of a derived job (quality: the rows of another job's output, one out per row in) say so in their schema
 # metadata; their unit is the row they were made from: (input_part, input_row), one each.
@@ -74,12 +74,16 @@ class Part:
     errors: Counter = field(default_factory=Counter)
     first_error: dict = field(default_factory=dict)  # kind -> its first message
     audio_s: float = 0.0
+    window_s: float = 0.0  # the ok rows' windows summed, each row counted (an exported dataset's audio)
     prompt_tokens: int = 0
     output_tokens: dict = field(default_factory=dict)  # run_id -> output tokens of its ok rows
     durations: np.ndarray | None = None  # input rows per DURATION_BINS bin (each counts once)
     flags: Counter = field(default_factory=Counter)
     flagged: int = 0  # rows with any flag
     keep: int | None = None  # rows kept, when the output has `keep`
+    duplicates: int = 0  # dedup outputs: rows that copy a kept row,
+    contaminated: int = 0  # ... rows that copy an evaluation row,
+    clusters: set | None = None  # ... and the kept rows that have copies (their ids); None: not a dedup output
 
 
 def _mtime(info: dict) -> float:
@@ -174,11 +178,14 @@ class Ledger:
             for kind, n in zip(*pc.value_counts(kinds).flatten()):
                 part.errors[kind.as_py()] += n.as_py()
                 part.first_error[kind.as_py()] = errs[pc.index(kinds, kind).as_py()].as_py()
+        if "prompts" not in names:  # an export's rows: each row its own window
+            t = t.append_column("prompts", pa.array(np.ones(t.num_rows, np.int32)))
         ok = t.filter(good)
         if {"segment_start_s", "segment_end_s"} <= names:
             # Each window once however many prompts it was asked: each of its rows carries 1/prompts of it.
             span = pc.divide(pc.subtract(ok["segment_end_s"], ok["segment_start_s"]), pc.cast(ok["prompts"], pa.float64()))
             part.audio_s = float(pc.sum(span).as_py() or 0.0)
+            part.window_s = float(pc.sum(pc.subtract(ok["segment_end_s"], ok["segment_start_s"])).as_py() or 0.0)
         if "prompt_tokens" in names:
             part.prompt_tokens = int(pc.sum(ok["prompt_tokens"]).as_py() or 0)
         if "output_tokens" in names:
@@ -198,6 +205,10 @@ class Ledger:
             part.flagged = int(pc.sum(pc.greater(pc.fill_null(pc.list_value_length(t["flags"]), 0), 0)).as_py() or 0)
         if "keep" in names:
             part.keep = int(pc.sum(pc.fill_null(t["keep"], False)).as_py() or 0)
+        if "duplicate_of" in names:
+            copies = t["duplicate_of"].drop_null()
+            part.duplicates, part.clusters = len(copies), set(pc.unique(copies).to_pylist())
+            part.contaminated = t.num_rows - t["contaminated_by"].null_count
         return part
 
     # -- resume -----------------------------------------------------------------------------------------
@@ -287,8 +298,33 @@ class Ledger:
         if any(p.keep is not None or p.flags for p in parts):
             out["flags"] = dict(sorted(flags.items()))
             out["rows_flagged"] = sum(p.flagged for p in parts)
+        if any(p.keep is not None for p in parts):
             out["rows_kept"] = sum(p.keep or 0 for p in parts)
+        if any(p.clusters is not None for p in parts):
+            out["clusters"] = len(set().union(*(p.clusters for p in parts if p.clusters is not None)))
+            out["duplicates"] = sum(p.duplicates for p in parts)
+            out["contaminated"] = sum(p.contaminated for p in parts)
         return out
+
+    def sample(self, k: int, seed: int, columns: list[str]) -> pa.Table | None:
+        """Up to k committed rows drawn at random (seeded), reading only their files and `columns`."""
+        import pyarrow.parquet as pq
+
+        parts = sorted(self.parts.values(), key=lambda p: p.path)
+        total = sum(p.rows for p in parts)
+        if not total:
+            return None
+        picks = np.sort(np.random.default_rng(seed).choice(total, min(k, total), replace=False))
+        starts = np.cumsum([0] + [p.rows for p in parts])
+        which = np.searchsorted(starts, picks, side="right") - 1
+        fs, _ = output_fs(self.output)
+        tables = []
+        for i in np.unique(which):
+            with fs.open(parts[i].path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                t = pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
+            tables.append(t.take(pa.array(picks[which == i] - starts[i])))
+        return pa.concat_tables(tables, promote_options="permissive")
 
     def write_summary(self, summary: dict) -> None:
         fs, root = output_fs(self.output)

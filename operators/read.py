@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators import conversation
-from operators.stage import LIGHT_CPUS
+from operators.stage import LIGHT_CPUS, put
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 WRITES = ("id", "audio", "audio_uris", "audio_bytes", "chat", "error", "source_manifest", "source_row")
@@ -205,8 +205,9 @@ def read_rows(manifest: str, start: int, stop: int, skip: set[int]) -> pa.Table 
                 rows = np.arange(first, first + n)
                 keep = (rows >= start) & (rows < stop) & ~np.isin(rows, list(skip))
                 t = pf.read_row_group(g).filter(pa.array(keep))
-                tables.append(t.append_column(INPUT[0], pa.array([manifest] * t.num_rows, pa.string()))
-                              .append_column(INPUT[1], pa.array(rows[keep], pa.int64())))
+                # Replaced where the part is itself a derived job's (quality, then export).
+                tables.append(put(t, **{INPUT[0]: pa.array([manifest] * t.num_rows, pa.string()),
+                                        INPUT[1]: pa.array(rows[keep], pa.int64())}))
             first += n
     tables = [t for t in tables if t.num_rows]
     return pa.concat_tables(tables) if tables else None

@@ -15,26 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from operators.decode import window
 from operators.stage import Stage, actors, audio_arrays, errors, put
-
-
-def window(uri: str, start_s: float, end_s: float, rate: int) -> np.ndarray:
-    """Mono float32 at `rate` of [start_s, end_s) of a clip: seek, read that stretch, resample."""
-    import soundfile as sf
-    import soxr
-
-    from operators.decode import DecodeError, source
-
-    with source(uri, None, 64 * 2 ** 20) as (f, _):
-        try:
-            with sf.SoundFile(f) as snd:
-                snd.seek(int(round(start_s * snd.samplerate)))
-                x = snd.read(int(round((end_s - start_s) * snd.samplerate)), dtype="float32", always_2d=True)
-                src = snd.samplerate
-        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-            raise DecodeError("corrupt", uri, str(e)) from None
-    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    return soxr.resample(mono, src, rate, quality="HQ").astype(np.float32) if src != rate else mono
 
 
 class Score(Stage):

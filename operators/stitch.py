@@ -73,6 +73,15 @@ def stitch_group(t: pa.Table, column: str) -> pa.Table:
     })
 
 
+def finish(cfg, ledger, column: str, written: int) -> None:
+    """The runner's end-of-run step for transcription: clips/ again when this run committed windows."""
+    from operators.ledger import output_fs
+
+    fs, root = output_fs(cfg.output)
+    if ledger.parts and (written or not fs.exists(f"{root}/{CLIPS}")):
+        apply(cfg.output, sorted(ledger.parts), column)
+
+
 def apply(output: str, files: list[str], column: str) -> str:
     """Write `clips/` from the committed part files `files` (replacing what an earlier run wrote)."""
     import pyarrow.fs as pafs

@@ -78,10 +78,11 @@ def drop_committed(batch: pa.Table, committed: pa.Table) -> pa.Table:
 
 
 def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table | None = None,
-                derived: bool = False, **provenance) -> pa.Table:
+                derived: bool = False, split_by: str | None = None, **provenance) -> pa.Table:
     """Ray Data UDF: finalize one batch, commit it as one file, return what was written. Rows already
     `committed` (the other windows or prompts of an input row a crash left half written) are dropped. A
-    derived job's rows keep their columns (and provenance) as read; the part says how it is keyed."""
+    derived job's rows keep their columns (and provenance) as read; the part says how it is keyed. With
+    `split_by`, one file per value of that column, named `part-...-<value>.parquet` (the column dropped)."""
     if committed is not None and committed.num_rows:
         batch = drop_committed(batch, committed)
     if batch.num_rows == 0:
@@ -91,17 +92,25 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **DERIVED})
     else:
         table = finalize(batch, run_id=run_id, **provenance)
-    path = commit(table, output, f"{PART}{run_id}-{uuid.uuid4().hex[:12]}.parquet")
-    return pa.table({"file": [path], "rows": [table.num_rows]})
+    name = f"{PART}{run_id}-{uuid.uuid4().hex[:12]}"
+    if split_by is None:
+        return pa.table({"file": [commit(table, output, f"{name}.parquet")], "rows": [table.num_rows]})
+    files, rows = [], []
+    for value in pc.unique(table[split_by]).to_pylist():
+        part = table.filter(pc.equal(table[split_by], value)).drop_columns([split_by])
+        files.append(commit(part, output, f"{name}-{value}.parquet"))
+        rows.append(part.num_rows)
+    return pa.table({"file": files, "rows": pa.array(rows, pa.int64())})
 
 
 def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False,
-          committed: pa.Table | None = None, derived: bool = False):
+          committed: pa.Table | None = None, derived: bool = False, split_by: str | None = None):
     sampling = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
     return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
                                                       model=cfg.model.path if cfg.model else None,
                                                       sampling=sampling, created_at=created_at,
-                                                      audio_list=audio_list, committed=committed, derived=derived),
+                                                      audio_list=audio_list, committed=committed, derived=derived,
+                                                      split_by=split_by),
                           # No CPU reservation: commits must keep pace with the engine even on a box whose cores
                           # the actors hold, or Ray Data defers them to the end and a crash loses everything.
                           batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)

@@ -1,9 +1,14 @@
 """Shared fixtures: the embedded default assets (built once, cached in .cache/) and a local Ray."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import pytest
 
@@ -63,3 +68,25 @@ def ray_local():
     ray.init(ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# Windows of long clips overlap by 2 s (decode.overlap_s), so what straddles a cut is heard whole once.
+# float32: the tensor-parallel test compares greedy text with this run's, and TP=2 sums in another order;
+# in bfloat16 the near-tied logits of random weights made the text differ on some CPUs.
+CAPTION_CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml", "decode.overlap_s=2",
+               "engine.dtype=float32"]
+
+
+@pytest.fixture(scope="session")
+def caption_run(assets, tmp_path_factory):
+    """The caption demo once for the session (tests of caption, export and the review page read it)."""
+    out = str(tmp_path_factory.mktemp("caption") / "out")
+    proc = subprocess.run(CAPTION_CMD + ["--output", out, "sampling.max_tokens=12"], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pa.concat_tables(
+        [pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.endswith(".parquet")],
+        promote_options="default")
+    with open(assets["manifest"]) as f:
+        manifest = [json.loads(line) for line in f]
+    return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout}

@@ -11,25 +11,12 @@ import pytest
 from operators.read import derive_id
 from tests.operators.test_prompt import caption, qwen_audio_tokens
 
-# Windows of long clips overlap by 2 s (decode.overlap_s), so what straddles a cut is heard whole once.
-# float32: the tensor-parallel test compares greedy text with this run's, and TP=2 sums in another order;
-# in bfloat16 the near-tied logits of random weights made the text differ on some CPUs.
-CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml", "decode.overlap_s=2",
-       "engine.dtype=float32"]
+from tests.conftest import CAPTION_CMD as CMD
 
 
 @pytest.fixture(scope="module")
-def run(assets, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("caption") / "out")
-    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12"], capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = pa.concat_tables(
-        [pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.endswith(".parquet")],
-        promote_options="default")
-    with open(assets["manifest"]) as f:
-        manifest = [json.loads(line) for line in f]
-    return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout}
+def run(caption_run):
+    return caption_run
 
 
 def test_every_input_row_comes_out_once(run, assets):

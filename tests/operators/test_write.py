@@ -44,3 +44,11 @@ def test_audio_is_one_uri_or_the_json_list_of_several():
     audio = pa.array([["a.wav"], ["b.wav", "c.wav"], None], pa.list_(pa.string()))
     assert write.audio_text(audio).to_pylist() == ["a.wav", '["b.wav", "c.wav"]', None]
     assert write.audio_text(audio.slice(0, 1)).to_pylist() == ["a.wav"]
+
+
+def test_split_by_commits_one_file_per_value(tmp_path):
+    t = rows(keys=[(0, 0, 1), (1, 0, 1), (2, 0, 1)]).append_column("split", pa.array(["train", "test", "train"]))
+    out = write.write_batch(t, str(tmp_path / "out"), "run", column="caption", model="m", sampling="{}",
+                            created_at=WHEN, split_by="split")
+    files = dict(zip((f.rsplit("-", 1)[-1] for f in out.column("file").to_pylist()), out.column("rows").to_pylist()))
+    assert files == {"train.parquet": 2, "test.parquet": 1}
