@@ -195,17 +195,12 @@ def _stream(snd, uri: str, rate: int, src_rate: int, declared: int, spill, vad, 
     stream = StreamVAD(vad) if vad is not None else None
     decoded, samples, peak = 0, 0, 0.0
     redo = MP3_REDO if snd.format == "MP3" and snd.seekable() else 0
-    # Integer PCM is read as integers and scaled here: libsndfile scales FLAC's to float a hair differently
-    # from WAV's (one 16-bit step apart near full scale), and the same samples must decode the same.
-    integer = snd.subtype.startswith(("PCM_", "ALAC_"))
     while True:
         try:
             back = min(redo, decoded)
             if back:
                 snd.seek(decoded - back)
-            x = snd.read(BLOCK_FRAMES + back, dtype="int32" if integer else "float32", always_2d=True)[back:]
-            if integer:
-                x = x.astype(np.float32) * np.float32(2.0 ** -31)
+            x = snd.read(BLOCK_FRAMES + back, dtype="float32", always_2d=True)[back:]
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
             # The decoder lost its way: at the file's last byte the file was cut short, before it corrupt.
             if at_end():

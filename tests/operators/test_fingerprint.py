@@ -17,10 +17,11 @@ def sound(seed=0, seconds=6.0):
 
 
 def test_the_same_samples_hash_the_same_in_wav_and_flac(tmp_path):
-    """Decoded as the pipeline decodes (libsndfile alone scales FLAC and WAV a step apart)."""
+    """The same 16-bit samples in two containers, decoded as the pipeline decodes. (Written as integers:
+    libsndfile's writers round floats to 16 bits a step apart for wav and flac.)"""
     from operators.decode import load
 
-    x = sound()
+    x = (sound() * 32767).astype(np.int16)
     for fmt in ("WAV", "FLAC"):
         sf.write(tmp_path / f"a.{fmt.lower()}", x, 16000, format=fmt, subtype="PCM_16")
     wav, flac = (load(str(tmp_path / f"a.{e}"), 16000)[0] for e in ("wav", "flac"))
