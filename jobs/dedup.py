@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = runner.parse_args(argv, __doc__)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
+        if args.dry_run:
+            return runner.dry_run(cfg.model_copy(update={"output": f"{cfg.output.rstrip('/')}/{IDENTITY}"}), IDENTIFY)
         summary = dedup(cfg, fresh=args.fresh)
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -86,6 +86,8 @@ print(ds["{splits[0]}"][0]["{column}"], ds["{splits[0]}"][0]["audio"])
 """
     with fs.open(f"{root}/README.md", "w") as f:
         f.write(text)
+    print(f"dataset: {cfg.output} ({', '.join(f'{s} {sum(p.rows for p in parts[s])}' for s in splits)} rows): "
+          f"datasets.load_dataset({cfg.output.rstrip('/')!r}); review page: {cfg.output.rstrip('/')}/_report.html")
 
 
 JOB = Job(None, build, derived=True, generates=False, checks=False, split_by="split", finish=card)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from jobs import report as report_mod
+from jobs.progress import Progress
 from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators import quality, read, score, write
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     ap.add_argument("--output", help="output folder or URI (overrides `output`)")
     ap.add_argument("--fresh", action="store_true",
                     help="delete what the output folder holds and start over (default: resume)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check everything and print the plan, without running the work (exit 0: it would start)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sampling.max_tokens=128")
     return ap.parse_intermixed_args(argv)  # overrides may come before or after the options
 
@@ -123,7 +126,13 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
                          committed=None if job.derived else ledger.partial(), derived=job.derived,
                          split_by=job.split_by)
-        written = sum(batch["rows"].sum() for batch in ds.iter_batches(batch_format="numpy", batch_size=None))
+        tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output)
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                tracker.add(batch)
+        finally:
+            tracker.stop()
+        written = tracker.output_rows
         stages = stage_times(ds)
     ledger.update()  # reads only the parts this run committed
     if job.finish is not None:
@@ -231,10 +240,80 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
             print(f"  {r['id']:<20} {r['duration_s'] or 0:6.1f}s  {str(text)[:90]}")
 
 
+def model_problem(path: str) -> str | None:
+    """Why `model.path` would not load, or None: a local folder needs config.json; a hub id must be cached
+    or answer the hub."""
+    if not config_mod.is_hub_id(path):
+        return None if os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")) else \
+            f"model.path: {path} has no config.json; give a checkpoint folder (or a hub id)"
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return None
+    try:
+        HfApi().model_info(path, timeout=10)
+        return None
+    except Exception as e:  # noqa: BLE001 - offline, unknown, gated: all stop the real run
+        return f"model.path: hub id {path!r} does not resolve here ({type(e).__name__}); download it or give a folder"
+
+
+SAMPLES = 3  # audio items a dry run fetches and decodes
+
+
+def dry_run(cfg, job: Job) -> int:
+    """Everything the real run checks before its work, and the plan; no engine starts. 0: it would start."""
+    import ray
+
+    from operators.decode import DecodeError, decode
+
+    prompts = check(cfg, job)
+    problems = [p for p in [model_problem(cfg.model.path)] if p] if job.generates else []
+    manifests = read.expand(cfg.input)
+    ledger = ledger_mod.Ledger(cfg.output).update()
+    done = ledger.done()
+    env = config_mod.storage_env(cfg)
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env} if env else None)
+    grain = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
+    blocks = int(cfg.read.blocks_per_cpu * ray.cluster_resources().get("CPU", 1))
+    chunks, rows_in, chunk_rows = read.plan(manifests, grain, blocks, cfg.read.max_chunk_rows, done)
+    resumed = int(sum(len(r) for r in done.values()))
+    d, e = cfg.decode, cfg.engine
+    print(f"dry run: {rows_in} rows in {len(manifests)} manifests; {resumed} already committed in {cfg.output}; "
+          f"{rows_in - resumed} to do in {chunks.num_rows} read tasks of up to {chunk_rows} rows")
+    print("  storage: input readable, output writable (a file written and deleted)")
+    print(f"  decode: {d.concurrency} actors x {d.num_cpus:g} CPU, batches of {d.batch_size}")
+    if job.generates:
+        replicas = e.replicas if isinstance(e.replicas, int) else e.replicas[1]
+        print(f"  engine: {e.replicas} replicas x {e.num_gpus:g} GPU (tensor parallel {e.tensor_parallel_size}) = "
+              f"{replicas * e.num_gpus:g} GPUs, {e.num_cpus:g} CPU each; model {cfg.model.path} "
+              f"({cfg.model.family}): {'resolves' if not problems else 'does not resolve'}; prompts "
+              f"{', '.join(prompts) or 'their own conversations'}")
+    if chunks.num_rows and not job.derived:
+        c = chunks.slice(0, 1).to_pylist()[0]
+        table = read.read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(c["done"]))
+        rate = model_spec(cfg.model.family).sample_rate if job.generates else 16_000
+        for r in (table.to_pylist()[:SAMPLES] if table is not None else []):
+            if r["error"]:
+                print(f"  sample {r['id']}: {r['error']}")
+                continue
+            try:
+                clip = decode(r["audio_uris"][0], (r["audio_bytes"] or [None])[0], rate)
+                print(f"  sample {r['id']}: fetched and decoded, {clip.duration:.1f} s")
+                clip.close()
+            except DecodeError as err:
+                print(f"  sample {r['id']}: {err}")
+    for p in problems:
+        print(f"dry run: the run would not start: {p}", file=sys.stderr)
+    return 2 if problems else 0
+
+
 def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv, doc)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
+        if args.dry_run:
+            return dry_run(cfg, job)
         summary = run(cfg, job, fresh=args.fresh)  # checks the job's own config before Ray starts
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -174,6 +174,10 @@ class StorageCfg(_Strict):
     region: str | None = None
 
 
+class ProgressCfg(_Strict):
+    every_s: float = Field(60.0, gt=0)  # a progress line this often (logs, `ray job logs -f`, terminals)
+
+
 class WriteCfg(_Strict):
     # Rows per committed parquet file: the unit of progress a killed run keeps.
     rows_per_file: int = Field(1000, ge=1)
@@ -338,6 +342,7 @@ class JobCfg(_Strict):
     export: ExportCfg = Field(default_factory=ExportCfg)
     storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
+    progress: ProgressCfg = Field(default_factory=ProgressCfg)
     errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
 
 
@@ -511,19 +516,16 @@ def storage_env(cfg: JobCfg) -> dict[str, str]:
 
 
 def check_paths(cfg: JobCfg) -> None:
-    """Fail fast on inputs and models that cannot exist, before any cluster work."""
-    from operators.read import expand
+    """Fail fast on inputs, outputs and models that cannot be used, before any cluster work."""
+    from operators import storage
 
     try:
-        files = expand(cfg.input)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"input: cannot list {cfg.input!r}: {e}") from None
-    if not files:
-        raise ConfigError(f"input: no manifest matches {cfg.input!r}; give a .jsonl/.parquet file, glob or list, "
-                          "or a job's output folder")
-    for spec in cfg.dedup.exclude:
-        if not expand(spec):
-            raise ConfigError(f"dedup.exclude: no manifest matches {spec!r}; list the evaluation sets' manifests")
+        storage.check_input(cfg.input)
+        for spec in cfg.dedup.exclude:
+            storage.check_input(spec, "dedup.exclude")
+        storage.check_output(cfg.output)
+    except storage.StorageError as e:
+        raise ConfigError(str(e)) from None
     if cfg.score.enabled and not is_hub_id(cfg.score.model) and not os.path.isdir(os.path.expanduser(cfg.score.model)):
         raise ConfigError(f"score.model: no checkpoint folder at {cfg.score.model!r}; give a ClapModel folder or a "
                           "hub id such as laion/clap-htsat-unfused")

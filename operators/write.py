@@ -86,7 +86,7 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
     if committed is not None and committed.num_rows:
         batch = drop_committed(batch, committed)
     if batch.num_rows == 0:
-        return pa.table({"file": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        return PROGRESS.empty_table()
     if derived:
         table = batch.drop_columns([c for c in DROP if c in batch.column_names])
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **DERIVED})
@@ -94,13 +94,41 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
         table = finalize(batch, run_id=run_id, **provenance)
     name = f"{PART}{run_id}-{uuid.uuid4().hex[:12]}"
     if split_by is None:
-        return pa.table({"file": [commit(table, output, f"{name}.parquet")], "rows": [table.num_rows]})
+        return progress(table, [commit(table, output, f"{name}.parquet")], [table.num_rows])
     files, rows = [], []
     for value in pc.unique(table[split_by]).to_pylist():
         part = table.filter(pc.equal(table[split_by], value)).drop_columns([split_by])
         files.append(commit(part, output, f"{name}-{value}.parquet"))
         rows.append(part.num_rows)
-    return pa.table({"file": files, "rows": pa.array(rows, pa.int64())})
+    return progress(table, files, rows)
+
+
+PROGRESS = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("inputs", pa.float64()), ("errors", pa.string()),
+                      ("audio_s", pa.float64())])
+
+
+def progress(table: pa.Table, files: list[str], rows: list[int]) -> pa.Table:
+    """What the driver learns of a commit, for its progress lines: the files and their rows, and on the first
+    file the batch's input rows done (an output row is 1/(windows x prompts) of one, a derived job's row one),
+    errors by kind and seconds of audio (each window once). A few numbers per file, never a row."""
+    if not files:
+        return PROGRESS.empty_table()
+    names = set(table.column_names)
+    share = (pc.divide(1.0, pc.cast(pc.multiply(table["segments"], table["prompts"]), pa.float64()))
+             if {"segments", "prompts"} <= names and "input_row" not in names else pa.array([1.0] * table.num_rows))
+    # A window's audio once, however many prompts asked of it.
+    once = (pc.divide(1.0, pc.cast(table["prompts"], pa.float64()))
+            if "prompts" in names and "input_row" not in names else pa.array([1.0] * table.num_rows))
+    table = table.append_column("_once", once)
+    errors = table["error"].drop_null() if "error" in names else pa.array([], pa.string())
+    kinds = pc.value_counts(pc.list_element(pc.split_pattern(errors, ":", max_splits=1), 0)).to_pylist()
+    ok = table.filter(pc.is_null(table["error"])) if "error" in names else table
+    audio = (pc.sum(pc.multiply(pc.subtract(ok["segment_end_s"], ok["segment_start_s"]), ok["_once"])).as_py()
+             if {"segment_start_s", "segment_end_s"} <= names else 0.0)
+    rest = [0.0] * (len(files) - 1)
+    return pa.table({"file": files, "rows": rows, "inputs": [pc.sum(share).as_py() or 0.0, *rest],
+                     "errors": [json.dumps({k["values"]: k["counts"] for k in kinds}), *["{}"] * len(rest)],
+                     "audio_s": [audio or 0.0, *rest]}, schema=PROGRESS)
 
 
 def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False,

@@ -2,6 +2,7 @@
 its actor mid-run. Every input row must come out exactly once."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import soundfile as sf
 CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
 # Small files and batches so that progress is committed in small steps; long outputs so that it is slow.
 SMALL = ["write.rows_per_file=3", "engine.batch_size=3", "decode.batch_size=3", "sampling.max_tokens=64",
-         "sampling.min_tokens=64"]
+         "sampling.min_tokens=64", "progress.every_s=2"]
+PROGRESS = re.compile(r"^progress: ([\d.]+)/(\d+) input rows \(([\d.]+) %\), (\d+) output rows; ([\d.]+) rows/s last 2 s, "
+                      r"([\d.]+) overall; errors (.+); audio ([\d.]+) h; ETA (.+)$", re.M)
 
 
 def manifest(d, n):
@@ -121,6 +124,15 @@ def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
     assert all(r["error"] is None and r["caption"] is not None for r in final)
     log = open(tmp_path / "run.log").read()
     assert f"rows in {n}  rows out {n}" in log
+    # The progress lines of a piped run, against the parquet: counts only grow, the last one is the whole run.
+    lines = PROGRESS.findall(log)
+    assert len(lines) >= 3, log[-3000:]
+    done = [float(x[0]) for x in lines]
+    assert done == sorted(done) and all(int(x[1]) == n for x in lines)
+    last = lines[-1]
+    assert (float(last[0]), float(last[2]), int(last[3]), last[6]) == (n, 100.0, len(final), "none")
+    assert float(last[7]) == pytest.approx(sum(r["segment_end_s"] - r["segment_start_s"] for r in final) / 3600,
+                                           abs=1e-4)
 
 
 def test_rerun_over_thousands_of_committed_rows_starts_no_engine(assets, tmp_path):
@@ -152,3 +164,24 @@ def test_rerun_over_thousands_of_committed_rows_starts_no_engine(assets, tmp_pat
         sum(r["segment_end_s"] - r["segment_start_s"] for r in table if r["error"] is None) / 3600, abs=1e-6)
     assert summary["output_tokens"] == sum(r["output_tokens"] for r in table if r["error"] is None)
     assert os.path.exists(os.path.join(out, "_SUCCESS"))
+
+
+def test_dry_run_plans_without_an_engine(assets, tmp_path):
+    """The plan of a half-committed output, its samples fetched, no engine; a model that would not load: exit 2."""
+    from bench.scale import make_manifests, make_outputs
+
+    manifests = make_manifests(str(tmp_path / "manifests"), 300)
+    out = str(tmp_path / "out")
+    make_outputs(manifests, out, 0.5)
+    before = sorted(os.listdir(out))
+    proc = subprocess.run(CMD + ["--input", manifests[0], "--output", out, "--dry-run"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dry run: 300 rows in 1 manifests; 150 already committed" in proc.stdout
+    assert "150 to do in" in proc.stdout and "model .cache/models/tiny-qwen2-audio (qwen2-audio): resolves" in proc.stdout
+    assert "sample r000000150: decode/missing:" in proc.stdout  # the synthetic rows name no real audio
+    assert sorted(os.listdir(out)) == before  # nothing written, no summary, no engine
+    (tmp_path / "empty-model").mkdir()
+    proc = subprocess.run(CMD + ["--input", manifests[0], "--output", out, "--dry-run",
+                                 f"model.path={tmp_path / 'empty-model'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "has no config.json" in proc.stderr
