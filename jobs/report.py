@@ -123,9 +123,13 @@ def page(ledger, summary: dict, png: bytes) -> str:
                  "<label><input type='checkbox' id='show-errors' checked onchange='refresh()'> rows with errors</label> "
                  "<label><input type='checkbox' id='show-flagged' checked onchange='refresh()'> rows with flags</label></p>"
                  "<table id='sample'><tr><th>row</th><th>window</th><th>audio</th><th>text</th><th>flags</th></tr>")
-    budget = AUDIO_BUDGET
+    budget, sounds = AUDIO_BUDGET, {}
     for r in (rows.to_pylist() if rows is not None else []):
-        sound = clip(r) if r.get("error") is None else None
+        # The prompts of one window share its player: fetched, cut and encoded once.
+        key = (str(r.get("audio")), r.get("segment_start_s"), r.get("segment_end_s"))
+        if r.get("error") is None and key not in sounds:
+            sounds[key] = clip(r)
+        sound = sounds.get(key) if r.get("error") is None else None
         player = "—"
         if sound and len(sound) * 4 // 3 <= budget:
             budget -= len(sound) * 4 // 3

@@ -22,7 +22,6 @@ from jobs.progress import Progress
 from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators import quality, read, score, write
-from operators.models import spec as model_spec
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def check(cfg, job: Job) -> dict:
     if cfg.model is None:
         raise config_mod.ConfigError("model: required for this job; give model.family and model.path, e.g. "
                                      "model.family=qwen2-audio model.path=Qwen/Qwen2-Audio-7B-Instruct")
-    spec = model_spec(cfg.model.family)
+    spec = config_mod.model_spec(cfg)
     prompts = config_mod.prompts(cfg)
     if not prompts and not job.conversations:
         raise config_mod.ConfigError("prompt.use: name at least one prompt of the library (prompt.library), "
@@ -96,7 +95,7 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
 
     prompts = check(cfg, job)
     rules = config_mod.quality_rules(cfg)
-    spec = model_spec(cfg.model.family) if job.generates else None
+    spec = config_mod.model_spec(cfg) if job.generates else None
     manifests = read.expand(cfg.input)
     column = job.column or text_column(manifests)
     prepare_output(cfg.output, fresh, keep)
@@ -292,7 +291,7 @@ def dry_run(cfg, job: Job) -> int:
     if chunks.num_rows and not job.derived:
         c = chunks.slice(0, 1).to_pylist()[0]
         table = read.read_chunk(c["manifest"], c["start"], c["stop"], c["offset"], set(c["done"]))
-        rate = model_spec(cfg.model.family).sample_rate if job.generates else 16_000
+        rate = config_mod.model_spec(cfg).sample_rate if job.generates else 16_000
         for r in (table.to_pylist()[:SAMPLES] if table is not None else []):
             if r["error"]:
                 print(f"  sample {r['id']}: {r['error']}")

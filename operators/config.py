@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from operators.models import MODELS
+from operators.models import AUTO, MODELS, resolve
 
 
 class ConfigError(ValueError):
@@ -24,19 +24,24 @@ class _Strict(BaseModel):
 
 
 class ModelCfg(_Strict):
-    family: str = Field(description="model registry key")
+    family: str = Field(description="model registry key, or auto")
     path: str = Field(description="local checkpoint folder or hub id")
+    # Code shipped with a checkpoint (its config or processor) runs only when this says so.
+    trust_remote_code: bool = False
 
     @field_validator("family")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown family {v!r}; known: {', '.join(sorted(MODELS))}")
+        if v not in MODELS and v != AUTO:
+            raise ValueError(f"unknown family {v!r}; known: {', '.join(sorted(MODELS))}, or auto (facts read "
+                             "from the checkpoint)")
         return v
 
 
 class PromptItem(_Strict):
-    instruction: str = Field(min_length=1)
+    # May name manifest columns: "Describe the sound. Tags: {labels}." ({{ and }} for braces). Empty only for
+    # a family that takes audio alone (qwen3-omni-captioner).
+    instruction: str
     system: str | None = None  # None: prompt.system
     # Changes to quality rules for rows asked this prompt, e.g. {fast_text: {enabled: true}} for transcripts.
     quality: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -423,8 +428,42 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     if cfg.score.enabled and not cfg.quality.enabled and s.n > 1:
         raise ConfigError("sampling.n > 1 needs quality.enabled=true: the quality stage keeps the best candidate")
     if cfg.model is not None:
-        check_windows(cfg, MODELS[cfg.model.family])
+        spec = model_spec(cfg)
+        check_windows(cfg, spec)
+        check_prompts(cfg, spec)
     return cfg
+
+
+def model_spec(cfg: JobCfg):
+    """The configured model's spec (its entry, or what an `auto` checkpoint says), remote code allowed?"""
+    m = cfg.model
+    try:
+        spec = resolve(m.family, m.path, m.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - whatever the checkpoint's files say, it is a config problem
+        raise ConfigError(f"model.path: cannot read the processor of {m.path!r} for model.family=auto "
+                          f"({type(e).__name__}: {e}); give a checkpoint folder with its processor files") from None
+    if spec.remote_code and not m.trust_remote_code:
+        raise ConfigError(f"model.trust_remote_code: {m.family!r} runs code shipped with its checkpoint (its config "
+                          "or processor); set model.trust_remote_code=true if you trust it")
+    return spec
+
+
+def check_prompts(cfg: JobCfg, spec) -> None:
+    """Instructions against what the model takes: text, or (an audio-only family) none; braces well formed."""
+    from operators.prompt import FIELD
+
+    for name, item in prompts(cfg).items():
+        where = f"prompt.custom.{name}" if name in cfg.prompt.custom else f"prompt.use: {name!r}"
+        if spec.prompt_format == "audio_only" and item.instruction:
+            raise ConfigError(f"{where}: {cfg.model.family!r} takes audio alone, no instruction; use "
+                              "prompt.use=[audio_only] (an empty instruction)")
+        if spec.prompt_format == "chat" and not item.instruction:
+            raise ConfigError(f"{where}: an empty instruction is only for families that take audio alone "
+                              f"(qwen3-omni-captioner); give {cfg.model.family!r} an instruction")
+        rest = FIELD.sub("", item.instruction)
+        if "{" in rest or "}" in rest or "{}" in item.instruction:
+            raise ConfigError(f"{where}: braces in {item.instruction!r} name no column; write {{column}} for a "
+                              "manifest column, {{{{ and }}}} for a brace")
 
 
 def check_windows(cfg: JobCfg, spec) -> None:

@@ -128,5 +128,7 @@ def with_system(messages: list[dict], system: str | None) -> list[dict]:
 
 
 def instruction(n_audio: int, text: str) -> list[dict]:
-    """The one-turn conversation of a caption or transcription prompt: the audio, then the instruction."""
-    return [{"role": "user", "content": [*(audio_item(k) for k in range(n_audio)), {"type": "text", "text": text}]}]
+    """The one-turn conversation of a caption or transcription prompt: the audio, then the instruction (none
+    for a model that takes only audio)."""
+    words = [{"type": "text", "text": text}] if text else []
+    return [{"role": "user", "content": [*(audio_item(k) for k in range(n_audio)), *words]}]

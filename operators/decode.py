@@ -18,6 +18,7 @@ becomes the row's `error` as "decode/<kind>: <uri>: <reason>" and the job goes o
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,8 +168,10 @@ def decode(uri: str, data: bytes | None, rate: int, *, max_duration_s: float = f
         try:
             snd = sf.SoundFile(f)
         except sf.LibsndfileError as e:
-            kind = "not_audio" if "recognised" in str(e) or "unknown format" in str(e).lower() else "corrupt"
-            raise DecodeError(kind, uri, str(e)) from None
+            # libsndfile names the file object ("Error opening <_io.BytesIO object at 0x...>: "): the reason alone.
+            reason = re.sub(r"^Error opening .*?: ", "", str(e))
+            kind = "not_audio" if "recognised" in reason or "unknown format" in reason.lower() else "corrupt"
+            raise DecodeError(kind, uri, reason) from None
         except (RuntimeError, ValueError, TypeError) as e:
             raise DecodeError("corrupt", uri, f"{type(e).__name__}: {e}") from None
         with snd:

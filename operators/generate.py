@@ -32,6 +32,8 @@ def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
     args: dict[str, Any] = {**spec.engine_defaults, "model": cfg.model.path, "tensor_parallel_size": e.tensor_parallel_size,
                             "gpu_memory_utilization": e.gpu_memory_utilization, "enforce_eager": e.enforce_eager,
                             "dtype": e.dtype, "seed": e.seed}
+    if cfg.model.trust_remote_code:
+        args["trust_remote_code"] = True
     if e.max_model_len is not None:
         args["max_model_len"] = e.max_model_len
     if e.max_num_seqs is not None:

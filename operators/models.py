@@ -1,10 +1,13 @@
 """The model registry: everything that differs between audio-language model families lives here.
 
-Stages never branch on a model name; they read a `ModelSpec`. Adding a family is adding an entry.
+Stages never branch on a model name; they read a `ModelSpec`. Adding a family is adding an entry. The
+family `auto` runs a checkpoint no entry knows: `resolve` reads its facts from the checkpoint itself.
+Facts of the entries were read from vLLM 0.32's model files (placeholders, windows, modalities).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 
@@ -16,7 +19,8 @@ class ModelSpec:
     # Longest audio one request may carry; longer clips are cut into windows of this size.
     window_s: float
     # How the prompt is made: "chat" renders the HF processor's chat template with one audio item per
-    # clip; "fixed" sends `fixed_prompt` as it is (encoder-decoder models such as Whisper).
+    # clip and the instruction; "audio_only" the same with no text at all (a captioner that takes only
+    # audio); "fixed" sends `fixed_prompt` as it is (encoder-decoder models such as Whisper).
     prompt_format: str = "chat"
     fixed_prompt: str = ""
     # System prompt used when neither the row's conversation nor the job config sets one.
@@ -25,10 +29,16 @@ class ModelSpec:
     max_audios: int = 1
     # vLLM engine arguments this family needs; the job config's `engine` section overrides them.
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Modalities the model also takes and a job never sends: vLLM would reserve memory for 999 images and
+    # videos of an omni model unless their limit is 0.
+    other_modalities: tuple[str, ...] = ()
+    # Its config or processor is code shipped with the checkpoint: runs only with model.trust_remote_code.
+    remote_code: bool = False
 
     @property
     def engine_defaults(self) -> dict[str, Any]:
-        return {"limit_mm_per_prompt": {"audio": self.max_audios}, **self.engine_args}
+        limits = {"audio": self.max_audios, **{m: 0 for m in self.other_modalities}}
+        return {"limit_mm_per_prompt": limits, **self.engine_args}
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -58,6 +68,50 @@ MODELS: dict[str, ModelSpec] = {
         default_system="You are a helpful assistant.",
         max_audios=4,
         engine_args={"max_model_len": 8192},
+        other_modalities=("image", "video"),
+    ),
+    # Qwen/Qwen3-Omni-30B-A3B-Instruct and -Thinking (MoE; vLLM serves the thinker): 16 kHz Whisper-style
+    # features cut in the feature extractor's 30 s chunks, `<|audio_start|><|audio_pad|><|audio_end|>` per clip.
+    "qwen3-omni": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        default_system="You are a helpful assistant.",
+        max_audios=4,
+        engine_args={"max_model_len": 16384},
+        other_modalities=("image", "video"),
+    ),
+    # Qwen/Qwen3-Omni-30B-A3B-Captioner: audio in, a detailed caption out; it takes no text and no system
+    # prompt (prompt.use=[audio_only]).
+    "qwen3-omni-captioner": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        prompt_format="audio_only",
+        engine_args={"max_model_len": 16384},
+        other_modalities=("image", "video"),
+    ),
+    # mispeech/midashenglm-7b: waveform in (no mel features), about 5 audio tokens a second; vLLM takes at
+    # most 160000 samples (10 s) per clip. Its processor is code in the checkpoint.
+    "midashenglm": ModelSpec(
+        sample_rate=16_000,
+        window_s=10.0,
+        default_system="You are a helpful language and speech assistant.",
+        engine_args={"max_model_len": 8192},
+        remote_code=True,
+    ),
+    # google/gemma-3n-E2B-it, -E4B-it: audio at 16 kHz, cut at 30 s by the model (`<audio_soft_token>`).
+    "gemma3n": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        engine_args={"max_model_len": 8192},
+        other_modalities=("image",),
+    ),
+    # OpenMOSS-Team/MOSS-Audio-4B, -8B: 128-bin mel at 16 kHz, 30 s per clip, a Qwen3 language model; its
+    # config is code in the checkpoint (vLLM has the processor).
+    "moss-audio": ModelSpec(
+        sample_rate=16_000,
+        window_s=30.0,
+        engine_args={"max_model_len": 8192},
+        remote_code=True,
     ),
     # Whisper, English-only checkpoints (tiny.en ... medium.en): no language or task tokens. vLLM's default
     # decoder prompt adds <|en|><|transcribe|>, which these models answer with end-of-text at once.
@@ -79,8 +133,45 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+AUTO = "auto"
+
+
 def spec(family: str) -> ModelSpec:
     try:
         return MODELS[family]
     except KeyError:
         raise ValueError(f"model.family: unknown family {family!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+@lru_cache(maxsize=8)
+def from_checkpoint(path: str, trust_remote_code: bool = False) -> ModelSpec:
+    """The facts of a checkpoint no entry knows, read from its own files:
+
+    - sample rate: its feature extractor's `sampling_rate`;
+    - window: the processor's `max_audio_len` where the model windows long audio itself (Audio Flamingo 3),
+      else the feature extractor's `chunk_length` (Whisper-style), else its `n_samples` / rate;
+    - prompt: its chat template, one audio item per clip; one clip per prompt, the template's own system;
+    - remote code: a config with `auto_map` (code in the checkpoint);
+    - other modalities (limited to 0): the image or video processors it has."""
+    import json
+    import os
+
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    features = getattr(processor, "feature_extractor", processor)
+    rate = int(getattr(features, "sampling_rate"))
+    window = (getattr(processor, "max_audio_len", None) or getattr(features, "chunk_length", None)
+              or getattr(features, "n_samples", 30 * rate) / rate)
+    config = {}
+    if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    others = tuple(m for m in ("image", "video") if getattr(processor, f"{m}_processor", None) is not None)
+    return ModelSpec(sample_rate=rate, window_s=float(window), other_modalities=others,
+                     remote_code="auto_map" in config)
+
+
+def resolve(family: str, path: str, trust_remote_code: bool = False) -> ModelSpec:
+    """The spec of a configured model: its registry entry, or (family `auto`) what its checkpoint says."""
+    return from_checkpoint(path, trust_remote_code) if family == AUTO else spec(family)

@@ -11,6 +11,7 @@ complete). A row with its own conversation (question answering) is answered as i
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 
@@ -19,6 +20,28 @@ from operators.models import ModelSpec
 from operators.stage import LIGHT_CPUS, Stage, actors, errors, put
 
 CONVERSATION = "conversation"
+
+
+# `{column}` in an instruction: a manifest column's value, inserted as text. `{{` and `}}` are braces.
+FIELD = re.compile(r"\{\{|\}\}|\{(\w*)\}")
+
+
+def fields(instruction: str) -> list[str]:
+    """The manifest columns an instruction names."""
+    return [m.group(1) for m in FIELD.finditer(instruction) if m.group(1)]
+
+
+def fill(instruction: str, row: dict) -> str:
+    """The instruction with each `{column}` replaced by the row's value as text (one pass: braces in values
+    stay as they are, nothing is evaluated). Raises KeyError naming a column the row lacks or leaves null."""
+    def value(m: re.Match) -> str:
+        if m.group(0) in ("{{", "}}"):
+            return m.group(0)[0]
+        v = row.get(m.group(1))
+        if v is None:
+            raise KeyError(m.group(1))
+        return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    return FIELD.sub(value, instruction)
 
 
 def render(processor, spec: ModelSpec, messages: list[dict]) -> str:
@@ -44,19 +67,22 @@ class Prompt(Stage):
         self.prompts: dict[str, dict] = self.cfg["prompts"]  # id -> {instruction, system}
         self.answer_conversations: bool = self.cfg["conversations"]
         self.processor = None
-        if self.spec.prompt_format == "chat":
+        if self.spec.prompt_format != "fixed":
             from transformers import AutoProcessor
 
-            self.processor = AutoProcessor.from_pretrained(self.cfg["model_path"])
+            self.processor = AutoProcessor.from_pretrained(self.cfg["model_path"],
+                                                           trust_remote_code=self.cfg["trust_remote_code"])
         self.cache: dict[tuple[str, int], str] = {}  # the same prompt for every clip: rendered once
 
-    def _instruction(self, pid: str, n_audio: int) -> str:
-        if (pid, n_audio) not in self.cache:
+    def _instruction(self, pid: str, n_audio: int, text: str) -> str:
+        """The rendered prompt of an instruction (cached: most instructions are the same for every clip)."""
+        if (pid, n_audio, text) not in self.cache:
             p = self.prompts[pid]
-            messages = conversation.with_system(conversation.instruction(n_audio, p["instruction"]),
-                                                p["system"] or self.system)
-            self.cache[(pid, n_audio)] = render(self.processor, self.spec, messages)
-        return self.cache[(pid, n_audio)]
+            messages = conversation.with_system(conversation.instruction(n_audio, text), p["system"] or self.system)
+            self.cache[(pid, n_audio, text)] = render(self.processor, self.spec, messages)
+            if len(self.cache) > 10_000:  # instructions filled from rows: keep the cache bounded
+                self.cache.clear()
+        return self.cache[(pid, n_audio, text)]
 
     def _ids(self, chat: str | None) -> list[str]:
         """The prompts a row is asked: its own conversation, or every configured prompt."""
@@ -64,10 +90,11 @@ class Prompt(Stage):
             return [CONVERSATION]
         return list(self.prompts)
 
-    def _ask(self, pid: str, chat: str | None, n_audio: int) -> tuple[str, str]:
-        """(prompt shown in the output, rendered prompt text)."""
+    def _ask(self, pid: str, chat: str | None, n_audio: int, row: dict) -> tuple[str, str]:
+        """(prompt shown in the output, rendered prompt text); KeyError for a column the row lacks."""
         if pid != CONVERSATION:
-            return self.prompts[pid]["instruction"], self._instruction(pid, n_audio)
+            text = fill(self.prompts[pid]["instruction"], row)
+            return text, self._instruction(pid, n_audio, text)
         messages = conversation.with_system(json.loads(chat), self.system)
         return last_user_text(messages), render(self.processor, self.spec, messages)
 
@@ -83,18 +110,28 @@ class Prompt(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         take, ids, counts, shown, texts, errs = [], [], [], [], [], []
         chats = batch.column("chat").to_pylist() if "chat" in batch.column_names else [None] * batch.num_rows
-        rows = zip(batch.column("audio_uris").to_pylist(), chats, errors(batch))
-        for i, (uris, chat, err) in enumerate(rows):
+        named = sorted({f for p in self.prompts.values() for f in fields(p["instruction"])} & set(batch.column_names))
+        values = [dict(zip(named, v)) for v in zip(*(batch.column(c).to_pylist() for c in named))] if named else \
+            [{}] * batch.num_rows
+        rows = zip(batch.column("audio_uris").to_pylist(), chats, errors(batch), values)
+        for i, (uris, chat, err, row) in enumerate(rows):
             err = err or self._check(uris, chat)
             pids = self._ids(chat)
             for pid in pids:  # error rows too: every prompt of every row comes out once
-                text, rendered = self._ask(pid, chat, len(uris)) if err is None else (None, None)
+                text = rendered = None
+                failed = err
+                if err is None:
+                    try:
+                        text, rendered = self._ask(pid, chat, len(uris), row)
+                    except KeyError as e:  # only this prompt fails: the row's others may need no field
+                        failed = (f"prompt/missing_field: {', '.join(uris)}: the row has no value for {e.args[0]!r}, "
+                                  f"which prompt {pid!r} names")
                 take.append(i)
                 ids.append(pid)
                 counts.append(len(pids))
                 shown.append(text)
                 texts.append(rendered)
-                errs.append(err)
+                errs.append(failed)
         out = batch.take(pa.array(take, pa.int64()))
         return put(out, prompt_id=pa.array(ids, pa.string()), prompts=pa.array(counts, pa.int32()),
                    prompt=pa.array(shown, pa.string()), prompt_text=pa.array(texts, pa.string()),
@@ -104,7 +141,8 @@ class Prompt(Stage):
 def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
     return ds.map_batches(
         Prompt,
-        fn_constructor_kwargs=dict(spec=spec, model_path=cfg.model.path, system=cfg.prompt.system,
+        fn_constructor_kwargs=dict(spec=spec, model_path=cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
+                                   system=cfg.prompt.system,
                                    prompts={k: v.model_dump() for k, v in prompts.items()},
                                    conversations=conversations),
         batch_format="pyarrow",

@@ -217,3 +217,17 @@ def test_clap_score_equals_transformers_on_the_same_audio_and_text(best_of_n, as
                         input_features=features["input_features"])
         expected = (out.text_embeds @ out.audio_embeds[0]).tolist()
         assert [r["clap_score"], *r["candidate_scores"]] == pytest.approx(expected, abs=1e-5)
+
+
+def test_auto_gives_the_entry_s_prompts_and_captions(run, tmp_path):
+    """model.family=auto on the tiny Qwen2-Audio: the facts read from the checkpoint make the same prompts,
+    and greedy decoding the same captions, as its registry entry."""
+    out = str(tmp_path / "auto")
+    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "model.family=auto"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    auto = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"])
+            for f in sorted(os.listdir(out)) if f.endswith(".parquet")
+            for r in pq.read_table(os.path.join(out, f)).to_pylist()}
+    entry = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"]) for r in run["rows"]}
+    assert auto == entry

@@ -30,7 +30,7 @@ def test_input_output_flags_override_config(assets, tmp_path):
     ("sampling.max_tokens=many", "sampling.max_tokens: Input should be a valid integer"),
     ("sampling.temperature=-1", "sampling.temperature: Input should be greater than or equal to 0"),
     ("decode.long_audio=drop", "decode.long_audio: Input should be 'split' or 'error'"),
-    ("model.family=gpt", "model.family: Value error, unknown family 'gpt'; known: audio-flamingo-3, qwen2-audio"),
+    ("model.family=gpt", "model.family: Value error, unknown family 'gpt'; known: audio-flamingo-3, gemma3n, midashenglm, moss-audio, qwen2-audio"),
     ("nonsense", "expected key=value"),
 ])
 def test_bad_keys_name_the_key_and_what_is_allowed(assets, override, expect):
@@ -78,7 +78,7 @@ def test_prompts_come_from_the_library_by_name_in_order(assets):
 
 
 @pytest.mark.parametrize("overrides, expect", [
-    (["prompt.use=[captoin]"], "prompt.use: unknown prompt 'captoin'; known: caption, caption_short"),
+    (["prompt.use=[captoin]"], "prompt.use: unknown prompt 'captoin'; known: audio_only, caption, caption_short"),
     (["prompt.use=[caption, caption]"], "prompt.use: Value error, names must be unique"),
     (["prompt.library=nowhere.yaml"], "prompt.library: no such file 'nowhere.yaml'"),
     (["decode.overlap_s=26"], "decode.overlap_s: must be shorter than the model's 30 s window"),

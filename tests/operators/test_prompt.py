@@ -161,7 +161,7 @@ PROMPTS = {"caption": {"instruction": "Describe it.", "system": None},
 
 
 def test_fan_out_gives_every_clip_every_prompt(assets):
-    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
     out = stage(rows([None, None]))
     assert out.column("id").to_pylist() == ["r0"] * 3 + ["r1"] * 3
     assert out.column("prompt_id").to_pylist() == ["caption", "events", "lang"] * 2
@@ -173,7 +173,7 @@ def test_fan_out_gives_every_clip_every_prompt(assets):
 
 def test_error_rows_fan_out_too(assets):
     """A clip that failed to decode still comes out once per prompt, with its error."""
-    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
     out = stage(rows([None], err="decode/missing: a.wav: no such file"))
     assert out.column("prompt_id").to_pylist() == list(PROMPTS)
     assert out.column("error").to_pylist() == ["decode/missing: a.wav: no such file"] * 3
@@ -182,7 +182,7 @@ def test_error_rows_fan_out_too(assets):
 
 def test_conversations_are_answered_as_they_are(assets):
     chat = json.dumps(conv.from_dataflow([{"from": "human", "value": "<audio>What is it?"}], ["a.wav"]))
-    stage = Prompt(spec=QWEN2_AUDIO, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True)
     out = stage(rows([chat, None]))
     assert out.column("prompt_id").to_pylist() == [CONVERSATION] * 2
     assert out.column("prompt").to_pylist()[0] == "What is it?"
@@ -191,6 +191,6 @@ def test_conversations_are_answered_as_they_are(assets):
 
 
 def test_too_many_audio_items_is_the_rows_error(assets):
-    stage = Prompt(spec=AF3, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=AF3, trust_remote_code=False, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False)
     out = stage(rows([None], uris=[["a.wav", "b.wav"]]))
     assert out.column("error")[0].as_py().startswith("prompt/too_many_audio: a.wav, b.wav: the model takes at most 1")
