@@ -95,14 +95,22 @@ def check_manifest(fs, path: str, uri: str) -> None:
         return
     with fs.open(path, "rb") as f:
         head = f.read(1 << 16)
-    line = next((x for x in head.split(b"\n") if x.strip()), b"")
+    lines = [x for x in head.split(b"\n") if x.strip()]
+    if len(head) == 1 << 16 and len(lines) > 1:
+        lines.pop()  # cut off by the read
+    # One bad line is that row's error (read/bad_json), not the manifest's: refuse only a file whose head
+    # holds no JSON object at all (a CSV, a binary, a JSON array).
+    if not any(_is_object(x) for x in lines):
+        first = lines[0][:40] if lines else b""
+        raise StorageError(f"input: {uri} is not JSON lines: no line of its head is a JSON object "
+                           f"({first!r}); a manifest line is {{\"audio\": \"<path or URI>\", ...}}")
+
+
+def _is_object(line: bytes) -> bool:
     try:
-        row = json.loads(line)
+        return isinstance(json.loads(line), dict)
     except ValueError:
-        row = None
-    if not isinstance(row, dict):
-        raise StorageError(f"input: {uri} is not JSON lines: its first line is not a JSON object "
-                           f"({line[:40]!r}); a manifest line is {{\"audio\": \"<path or URI>\", ...}}")
+        return False
 
 
 def check_input(spec: str | list[str], key: str = "input") -> list[str]:

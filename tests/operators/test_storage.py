@@ -123,3 +123,19 @@ def test_a_bucket_in_another_region_names_storage_region():
     assert storage.explain(e, "input", "s3://far/m.jsonl").startswith(
         "input: bucket 'far' is in another region than the client's")
     assert "set storage.region to the bucket's region" in storage.explain(e, "input", "s3://far/m.jsonl")
+
+
+def test_one_bad_line_is_the_row_s_error_not_the_manifest_s(tmp_path):
+    """A manifest whose first line is broken still runs (that line becomes read/bad_json); a file with no JSON
+    object in its head is refused."""
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    good = tmp_path / "m.jsonl"
+    good.write_text('{not json\n{"audio": "a.wav"}\n')
+    storage.check_manifest(fs, str(good), str(good))
+    for name, text in [("csv.jsonl", "id,audio\n1,a.wav\n"), ("array.jsonl", '[{"audio": "a.wav"}]\n'),
+                       ("blank.jsonl", "\n \n")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(storage.StorageError, match="is not JSON lines"):
+            storage.check_manifest(fs, str(tmp_path / name), str(tmp_path / name))
