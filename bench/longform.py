@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -138,7 +139,8 @@ def wer_bench(work: str) -> None:
                         "--input", manifest, "--output", out, "--fresh", *extra], cwd=ROOT, check=True,
                        capture_output=True)
         clip = pq.read_table(os.path.join(out, "clips")).to_pylist()[0]
-        windows = pq.read_table(out, columns=["segment_end_s"]).column(0).to_pylist()
+        parts = sorted(glob.glob(os.path.join(out, "part-*.parquet")))  # the window rows, not clips/
+        windows = pq.ParquetDataset(parts).read(columns=["segment_end_s"]).column(0).to_pylist()
         inside = sum(any(s < t < e for s, e, _ in sentences) for t in sorted(windows)[:-1])
         print(f"{name:<18} WER {jiwer.wer(reference, norm(clip['text'] or '')):.3f}  windows {len(windows)}  "
               f"cuts inside a sentence {inside}  ({time.time() - t0:.0f} s)", flush=True)

@@ -136,7 +136,8 @@ sys.path.insert(0, {root!r})
 from jobs import report
 from operators.ledger import Ledger
 ledger = Ledger(sys.argv[1]).update()
-summary = {{"rows_in": 0, **ledger.counts("bench"), "run_id": "bench", "wall_s": 0.0}}
+summary = {{"rows_in": 0, **ledger.counts("bench"), "run_id": "bench", "wall_s": 0.0, "rows_resumed": 0, "stages": {{}},
+           "output_rows_this_run": 0, "output_rows_per_s": 0.0, "column": "caption"}}
 ledger.write_summary(summary)
 report.draw(ledger, summary)
 print("rows_out", summary["rows_out"], "output_rows", summary["output_rows"])
@@ -219,8 +220,8 @@ def baseline(rev: str, work: str, local_run: dict) -> dict:
     try:
         out = os.path.join(work, "baseline-out")
         shutil.copytree(os.path.join(local_run["folder"], "full"), out)
-        return job(local_run["pattern"], out, [f"model.path={ROOT}/.cache/models/tiny-qwen2-audio",
-                                               f"prompt.library={ROOT}/configs/prompts.yaml"], cwd=tree)
+        # Its own configs and prompt library (cwd), this tree's built model.
+        return job(local_run["pattern"], out, [f"model.path={ROOT}/.cache/models/tiny-qwen2-audio"], cwd=tree)
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=True, capture_output=True)
 

@@ -119,12 +119,14 @@ class DecodeCfg(_Strict):
     segments: SegmentsCfg = Field(default_factory=SegmentsCfg)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
     # Decoded audio of one clip is kept in memory up to this size, then in a temporary file (16 kHz mono:
-    # 3.7 MiB a minute), so that an hours-long file never sits in memory.
-    spill_mb: float = Field(64.0, ge=0)
+    # 3.7 MiB a minute, so 4 minutes), so that an hours-long file never sits in memory and a long clip's
+    # actor holds about what a short one's does.
+    spill_mb: float = Field(16.0, ge=0)
     # Remote files up to this size are fetched in one request; larger ones are read in ranges as they decode.
     whole_mb: float = Field(64.0, ge=0)
-    # Audio per block the decode actors hand on: a long clip's windows leave in several blocks.
-    output_block_mb: float = Field(64.0, gt=0)
+    # Audio per block the decode actors hand on: a long clip's windows leave in several blocks (16 MiB:
+    # about 4 minutes of 16 kHz audio, 8 windows of 30 s).
+    output_block_mb: float = Field(16.0, gt=0)
 
 
 class EngineCfg(_Strict):

@@ -76,7 +76,9 @@ def source(uri: str, data: bytes | None, whole_bytes: int):
     try:
         if not size:
             raise DecodeError("empty", uri, "file is empty (0 bytes)")
-        if size <= whole_bytes:
+        # A small remote file in one request rather than many ranged reads; a local one always streams.
+        protocols = f.fs.protocol if isinstance(f.fs.protocol, tuple) else (f.fs.protocol,)
+        if size <= whole_bytes and "file" not in protocols:
             try:
                 data = f.read()
             except OSError as e:
@@ -154,7 +156,7 @@ class Clip:
 
 
 def decode(uri: str, data: bytes | None, rate: int, *, max_duration_s: float = float("inf"),
-           vad=None, spill_mb: float = 64, whole_mb: float = 64) -> Clip:
+           vad=None, spill_mb: float = 16, whole_mb: float = 64) -> Clip:
     """Stream-decode one clip to mono float32 at `rate`; raise DecodeError naming what is wrong."""
     import soundfile as sf
 
