@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,9 @@ def main() -> None:
     print(f"throughput on {len(sample)} clips, one process: decode alone {decode_rate:.0f}x realtime, decode + "
           f"hash + fingerprint {fingerprint_rate:.0f}x realtime; ratio {fingerprint_rate / decode_rate:.2f}", flush=True)
 
-    if args.chromaprint:
+    if args.chromaprint and shutil.which("fpcalc") is None:
+        print("Chromaprint comparison left out: no fpcalc here (Debian: apt-get install libchromaprint-tools)")
+    elif args.chromaprint:
         subset = [r for r in rows if r["group"] < args.chromaprint]
         from operators.decode import decode
         from operators.fingerprint import identify
