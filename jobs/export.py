@@ -30,6 +30,11 @@ def split_parts(ledger) -> dict[str, list]:
     return out
 
 
+def runs(parts: list) -> list[str]:
+    """The ids of the runs that committed these parts (`part-<run>-<n>-<split>.parquet`)."""
+    return sorted({p.path.rsplit("/", 1)[-1][len(PART):].split("-", 1)[0] for p in parts})
+
+
 def card(cfg, ledger, column: str, written: int) -> None:
     """README.md: the dataset card `datasets` reads (splits, features), with what made the dataset."""
     import datasets
@@ -51,9 +56,13 @@ def card(cfg, ledger, column: str, written: int) -> None:
     dropped = parts.get(export.DROPPED, [])
     reasons = {k: v for p in dropped for k, v in p.errors.items()}
     not_kept = sum(p.rows for p in dropped) - sum(reasons.values())
+    # `datasets` keys its cache by this header, not by the files: a pattern per run that wrote the split (part
+    # names start with the run id) gives every export, and every resume of one, a cache of its own, where
+    # `part-*` would hand a new export of the same shape the rows of an old one.
     header = {
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": s, "path": f"{PART}*-{s}.parquet"} for s in splits]}],
+                     "data_files": [{"split": s, "path": [f"{PART}{r}-*-{s}.parquet" for r in runs(parts[s])]}
+                                    for s in splits]}],
         "dataset_info": {"features": feats._to_yaml_list(),
                          "splits": [{"name": s, "num_examples": sum(p.rows for p in parts[s])} for s in splits]},
         "task_categories": ["audio-text-to-text"],

@@ -97,3 +97,25 @@ def test_a_batch_trains_the_tiny_audio_flamingo_3(exported, assets):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_two_exports_of_one_shape_each_load_their_own_rows(tmp_path):
+    """`datasets` caches a folder by its card's header, not its files: two exports with the same features and
+    counts in folders of the same name (tonight's over last night's) must not share a cache."""
+    import datasets
+    import pyarrow as pa
+
+    from jobs.export import card
+    from operators import config as config_mod
+    from operators.ledger import DERIVED, Ledger
+    from operators.write import commit
+
+    cache = str(tmp_path / "hf-cache")
+    for night, caption in (("a", "Rain on a roof."), ("b", "A dog barks.")):
+        out = str(tmp_path / night / "dataset")
+        part = pa.table({"id": ["x"], "caption": [caption], "model": ["m"], "prompt_id": ["caption"],
+                         "prompt": ["Describe."], "input_part": ["p"], "input_row": [0], "error": pa.nulls(1, pa.string())})
+        commit(part.replace_schema_metadata(DERIVED), out, f"part-run{night}00000000-000000000000-train.parquet")
+        cfg = config_mod.load("configs/export.yaml", [], input=out, output=out)  # any committed output
+        card(cfg, Ledger(out).update(), "caption", 1)
+        assert datasets.load_dataset(out, cache_dir=cache)["train"]["caption"] == [caption]
