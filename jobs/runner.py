@@ -220,9 +220,9 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
     if "rows_kept" in summary or "flags" in summary:
-        kept = f"kept {summary['rows_kept']} of {summary['output_rows']} rows" if "rows_kept" in summary else ""
-        flagged = f", {summary['rows_flagged']} flagged" if summary.get("flags") else ""
-        print(f"quality: {kept}{flagged}" + "".join(f"\n  {flag}: {n}" for flag, n in summary.get("flags", {}).items()))
+        said = ([f"kept {summary['rows_kept']} of {summary['output_rows']} rows"] if "rows_kept" in summary else []) + \
+            ([f"{summary['rows_flagged']} flagged"] if summary.get("flags") else [])
+        print(f"quality: {', '.join(said)}" + "".join(f"\n  {flag}: {n}" for flag, n in summary.get("flags", {}).items()))
     print(f"audio {summary['audio_hours'] * 3600:.1f} s  tokens in {summary['prompt_tokens']}  "
           f"out {summary['output_tokens']}  ({summary.get('output_tokens_per_s', 0):.1f}/s this run)")
     for name, t in summary["stages"].items():
