@@ -52,17 +52,21 @@ CORPUS = [
 ]
 
 
-def tokenizer(specials: list[str]):
-    """A byte-level BPE tokenizer in Qwen2's format, trained here on a few sentences (no hub)."""
+def tokenizer(specials: list[str], specials_last: bool = False):
+    """A byte-level BPE tokenizer in Qwen2's format, trained here on a few sentences (no hub). With
+    `specials_last` the special tokens follow the vocabulary, so ids 0-255 are the byte alphabet as in Qwen's
+    own tokenizers (digits 0-9 at ids 15-24, which MOSS-Audio's time markers use)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2TokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=[] if specials_last else specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(CORPUS * 10, trainer)
+    if specials_last:
+        bpe.add_special_tokens(specials)
     tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                              unk_token=None, bos_token=None)
     tok.add_special_tokens({"additional_special_tokens": specials[1:]})
@@ -157,6 +161,102 @@ def build_tiny_audio_flamingo_3(out: str, seed: int = 0) -> str:
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
     visible_text_only(model.get_output_embeddings(), tok, AF3_SPECIALS)
     return save(model, tmp, out, {"language_model.model.model.": "language_model.model."})
+
+
+MOSS_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+# The checkpoint's config code, as MOSS-Audio ships configuration_moss_audio.py for AutoConfig (transformers
+# has no MOSS-Audio classes; vLLM's own MossAudioConfig cannot be loaded by AutoConfig: its encoder config is
+# a dataclass that transformers cannot print). The same fields; vLLM reads them by name.
+MOSS_CONFIG_CODE = '''"""MOSS-Audio's configuration: an audio encoder config and a Qwen3 language config."""
+from transformers import PretrainedConfig, Qwen3Config
+
+
+class MossAudioEncoderConfig(PretrainedConfig):
+    model_type = "moss_audio_encoder"
+
+
+class MossAudioConfig(PretrainedConfig):
+    model_type = "moss_audio"
+    sub_configs = {"audio_config": MossAudioEncoderConfig, "language_config": Qwen3Config}
+
+    def __init__(self, audio_config=None, language_config=None, adapter_hidden_size=8192, ignore_index=-100,
+                 deepstack_num_inject_layers=None, **kwargs):
+        self.audio_config = (audio_config if isinstance(audio_config, PretrainedConfig)
+                             else MossAudioEncoderConfig(**(audio_config or {})))
+        self.language_config = (language_config if isinstance(language_config, PretrainedConfig)
+                                else Qwen3Config(**(language_config or {})))
+        self.adapter_hidden_size = adapter_hidden_size
+        self.ignore_index = ignore_index
+        self.deepstack_num_inject_layers = deepstack_num_inject_layers
+        super().__init__(**kwargs)
+
+    def get_text_config(self, decoder=False, encoder=False):
+        return self.language_config
+'''
+
+
+def build_tiny_moss_audio(out: str, seed: int = 0) -> str:
+    """A tiny MOSS-Audio (OpenMOSS-Team/MOSS-Audio layout): remote-code config, a Qwen3 language model, the
+    conv-stem audio encoder with one DeepStack layer, and processor_config.json, from which vLLM's MOSS-Audio
+    processor reads the placeholder ids and turns the 2-second time markers on. It has no HF processor
+    (the real one imports torchaudio): the prompt stage renders the registry's template with the tokenizer."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen3Config, Qwen3Model
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = tokenizer(MOSS_SPECIALS, specials_last=True)
+    tok.save_pretrained(tmp)
+    ids = dict(zip(("audio_start_id", "audio_token_id", "audio_end_id"), tok.convert_tokens_to_ids(MOSS_SPECIALS[3:])))
+    with open(os.path.join(tmp, "processor_config.json"), "w") as f:
+        json.dump({**ids, "enable_time_marker": True,
+                   "mel_config": {"mel_dim": 128, "mel_sr": 16000, "mel_hop_length": 160, "mel_n_fft": 400}}, f)
+    d, ffn, stem, adapter = 64, 128, 16, 128
+    audio = dict(d_model=d, output_dim=d, num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4,
+                 encoder_ffn_dim=ffn, downsample_hidden_size=stem, deepstack_encoder_layer_indexes=[0])
+    language = dict(model_type="qwen3", head_dim=64, tie_word_embeddings=False, **text_config(tok))
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump({"architectures": ["MossAudioModel"], "model_type": "moss_audio",
+                   "auto_map": {"AutoConfig": "configuration_moss_audio.MossAudioConfig"},
+                   "audio_config": audio, "language_config": language, "adapter_hidden_size": adapter,
+                   "torch_dtype": "bfloat16"}, f, indent=1)
+    with open(os.path.join(tmp, "configuration_moss_audio.py"), "w") as f:
+        f.write(MOSS_CONFIG_CODE)
+    torch.manual_seed(seed)
+    lm = Qwen3Model(Qwen3Config(**{k: v for k, v in language.items() if k != "model_type"}))
+    w = {f"language_model.{k}": v for k, v in lm.state_dict().items()}
+    lm_head = torch.nn.Linear(language["hidden_size"], len(tok), bias=False)
+    visible_text_only(lm_head, tok, MOSS_SPECIALS)
+    w["lm_head.weight"] = lm_head.weight.detach()
+
+    def add(name: str, module: torch.nn.Module) -> None:
+        w.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+
+    # The encoder's HF weight names (vLLM's MossAudioEncoder); 128 mel bins -> 16 after three stride-2 convs.
+    add("audio_encoder.conv1", torch.nn.Conv2d(1, stem, 3))
+    add("audio_encoder.conv2", torch.nn.Conv2d(stem, stem, 3))
+    add("audio_encoder.conv3", torch.nn.Conv2d(stem, stem, 3))
+    add("audio_encoder.stem_proj", torch.nn.Linear(stem * 16, d))
+    for i in range(audio["encoder_layers"]):
+        p = f"audio_encoder.layers.{i}"
+        for proj in ("q_proj", "v_proj", "out_proj"):
+            add(f"{p}.self_attn.{proj}", torch.nn.Linear(d, d))
+        add(f"{p}.self_attn.k_proj", torch.nn.Linear(d, d, bias=False))
+        add(f"{p}.self_attn_layer_norm", torch.nn.LayerNorm(d))
+        add(f"{p}.fc1", torch.nn.Linear(d, ffn))
+        add(f"{p}.fc2", torch.nn.Linear(ffn, d))
+        add(f"{p}.final_layer_norm", torch.nn.LayerNorm(d))
+    add("audio_encoder.layer_norm", torch.nn.LayerNorm(d))
+    for p in ("audio_adapter", "deepstack_audio_merger_list.0"):  # gated MLPs: audio -> language width
+        add(f"{p}.gate_proj", torch.nn.Linear(d, adapter, bias=False))
+        add(f"{p}.up_proj", torch.nn.Linear(d, adapter, bias=False))
+        add(f"{p}.down_proj", torch.nn.Linear(adapter, language["hidden_size"], bias=False))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in w.items()}, os.path.join(tmp, "model.safetensors"),
+              metadata={"format": "pt"})
+    os.replace(tmp, out)
+    return out
 
 
 CLAP_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -573,7 +673,8 @@ def main(argv: list[str] | None = None) -> None:
     root = ap.parse_args(argv).root
     models = os.path.join(root, "models")
     for name, build in [("tiny-qwen2-audio", build_tiny_qwen2_audio),
-                        ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3), ("tiny-clap", build_tiny_clap)]:
+                        ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3), ("tiny-moss-audio", build_tiny_moss_audio),
+                        ("tiny-clap", build_tiny_clap)]:
         if not os.path.isdir(os.path.join(models, name)):
             build(os.path.join(models, name))
     samples = os.path.join(root, "samples")

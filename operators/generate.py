@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -45,6 +48,36 @@ def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
     return {**args, **e.args}
 
 
+# vLLM's engine core and its workers run in the actor's process group (Ray makes each worker lead one). If the
+# actor dies abruptly (kill -9, the OOM killer, a driver killed with its local Ray), nothing stops them: they
+# keep the model's memory and cores for good. This watchdog, in a session of its own, kills the group once the
+# actor's process is gone (a zombie counts as gone). It imports nothing heavy: it lives as long as the actor.
+WATCHDOG = """
+import os, signal, sys, time
+pid = int(sys.argv[1])
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+while alive():
+    time.sleep(0.5)
+try:
+    os.killpg(pid, signal.SIGKILL)
+except OSError:
+    pass
+"""
+
+
+def outlive_guard() -> subprocess.Popen | None:
+    """Start the watchdog of this process's group, where this process leads it (a Ray actor on Linux)."""
+    if not sys.platform.startswith("linux") or os.getpgid(0) != os.getpid():
+        return None
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid())], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def sampling_args(cfg) -> dict[str, Any]:
     return cfg.sampling.model_dump(exclude_none=True)
 
@@ -67,6 +100,7 @@ class Generate(Stage):
         self.sampling = vllm.SamplingParams(**self.cfg["sampling"],
                                             output_kind=vllm.sampling_params.RequestOutputKind.FINAL_ONLY)
         self.several = self.sampling.n > 1
+        self.guard = outlive_guard()
         self.engine = self._start()
         self.restart_lock = asyncio.Lock()
 

@@ -34,12 +34,24 @@ class ModelSpec:
     other_modalities: tuple[str, ...] = ()
     # Its config or processor is code shipped with the checkpoint: runs only with model.trust_remote_code.
     remote_code: bool = False
+    # The chat template of a family whose prompt its own processor builds in code, with no template in the
+    # checkpoint and no HF processor here: the prompt stage renders it with the checkpoint's tokenizer.
+    chat_template: str | None = None
 
     @property
     def engine_defaults(self) -> dict[str, Any]:
         limits = {"audio": self.max_audios, **{m: 0 for m in self.other_modalities}}
         return {"limit_mm_per_prompt": limits, **self.engine_args}
 
+
+# MOSS-Audio's prompt, as its processor writes it (`_build_default_prompt`: Qwen3 chat turns, each audio
+# item's span and a newline before the text); vLLM expands each span to the clip's audio tokens.
+MOSS_AUDIO_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 MODELS: dict[str, ModelSpec] = {
     # Qwen/Qwen2-Audio-7B-Instruct: Whisper-style encoder over 128-bin log-mel at 16 kHz, 30 s per audio.
@@ -105,13 +117,16 @@ MODELS: dict[str, ModelSpec] = {
         engine_args={"max_model_len": 8192},
         other_modalities=("image",),
     ),
-    # OpenMOSS-Team/MOSS-Audio-4B, -8B: 128-bin mel at 16 kHz, 30 s per clip, a Qwen3 language model; its
-    # config is code in the checkpoint (vLLM has the processor).
+    # OpenMOSS-Team/MOSS-Audio-4B, -8B (Instruct, Thinking): 128-bin mel at 16 kHz, 12.5 audio tokens a second
+    # (and, where processor_config.json turns them on, a time marker every 2 s); vLLM sizes its memory for 30 s
+    # clips. A Qwen3 language model; its config is code in the checkpoint, its processor is vLLM's own.
     "moss-audio": ModelSpec(
         sample_rate=16_000,
         window_s=30.0,
+        default_system="You are a helpful assistant.",
         engine_args={"max_model_len": 8192},
         remote_code=True,
+        chat_template=MOSS_AUDIO_CHAT_TEMPLATE,
     ),
     # Whisper, English-only checkpoints (tiny.en ... medium.en): no language or task tokens. vLLM's default
     # decoder prompt adds <|en|><|transcribe|>, which these models answer with end-of-text at once.

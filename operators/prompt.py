@@ -49,7 +49,8 @@ def render(processor, spec: ModelSpec, messages: list[dict]) -> str:
     if spec.prompt_format == "fixed":
         return spec.fixed_prompt
     messages = conversation.with_system(messages, spec.default_system)
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         chat_template=spec.chat_template)
 
 
 def last_user_text(messages: list[dict]) -> str:
@@ -68,10 +69,11 @@ class Prompt(Stage):
         self.answer_conversations: bool = self.cfg["conversations"]
         self.processor = None
         if self.spec.prompt_format != "fixed":
-            from transformers import AutoProcessor
+            from transformers import AutoProcessor, AutoTokenizer
 
-            self.processor = AutoProcessor.from_pretrained(self.cfg["model_path"],
-                                                           trust_remote_code=self.cfg["trust_remote_code"])
+            # A family with its template in the registry has no HF processor to load; its tokenizer renders it.
+            auto = AutoTokenizer if self.spec.chat_template else AutoProcessor
+            self.processor = auto.from_pretrained(self.cfg["model_path"], trust_remote_code=self.cfg["trust_remote_code"])
         self.cache: dict[tuple[str, int], str] = {}  # the same prompt for every clip: rendered once
 
     def _instruction(self, pid: str, n_audio: int, text: str) -> str:

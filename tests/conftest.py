@@ -25,6 +25,7 @@ def assets() -> dict:
     build.main(["--root", root])
     return {"model": os.path.join(root, "models", "tiny-qwen2-audio"),
             "af3": os.path.join(root, "models", "tiny-audio-flamingo-3"),
+            "moss": os.path.join(root, "models", "tiny-moss-audio"),
             "clap": os.path.join(root, "models", "tiny-clap"),
             "aqa": os.path.join(root, "aqa"),
             "speech": os.path.join(root, "speech"),

@@ -55,14 +55,15 @@ def qwen(data):
     return outputs(out)
 
 
-def expected_prompt_tokens(processor, spec_name: str, manifest: str, row: int, system: str) -> int:
-    """What the model's own HF processor makes of the row: its conversation and its audio."""
+def expected_prompt_tokens(processor, spec_name: str, manifest: str, row: int, system: str, template=None) -> int:
+    """What the model's own processor makes of the row: its conversation (rendered by `template`, else the
+    processor) and its audio."""
     from operators.models import spec
     from operators.prompt import render
 
     rec = read_chunk(manifest, 0, row + 1).to_pylist()[row]
     messages = conversation.with_system(json.loads(rec["chat"]), system)
-    text = render(processor, spec(spec_name), messages)
+    text = render(template or processor, spec(spec_name), messages)
     waves = [load(u, 16000, b)[0] for u, b in zip(rec["audio_uris"], rec["audio_bytes"])]
     return len(processor(text=text, audio=waves, sampling_rate=16000, return_tensors="pt")["input_ids"][0])
 
@@ -137,3 +138,26 @@ def test_audio_flamingo_3_on_the_real_engine_hears_all_of_a_40s_clip(data, asset
     assert clip["segments"] == 1 and clip["duration_s"] > 39
     assert clip["segment_end_s"] == pytest.approx(clip["duration_s"])
     assert clip["prompt_tokens"] > 39 * 25  # 25 audio tokens per second, all of it
+
+
+def test_moss_audio_answers_both_formats_on_the_real_engine(data, assets):
+    """MOSS-Audio through the AQA job (remote-code config opted in, the registry's prompt template, vLLM's
+    processor): the engine's prompt tokens equal vLLM's MOSS-Audio processor's for each row's conversation
+    and audio, time markers included; a row with two clips is refused as the model takes one."""
+    from tests.operators.test_prompt import moss_processor
+
+    out = str(data.parent / "out-moss")
+    job(["--input", f"{data}/data/[dms]*.jsonl", "--output", out, "model.family=moss-audio",
+         f"model.path={assets['moss']}", "model.trust_remote_code=true", "sampling.max_tokens=8"])
+    rows = outputs(out)
+    manifests = sorted(glob.glob(f"{data}/data/[dms]*.jsonl"))
+    assert sorted((r["source_manifest"], r["source_row"]) for r in rows) == sorted(
+        (m, i) for m in manifests for i, _ in enumerate(open(m)))
+    (two,) = [r for r in rows if r["id"] == "two-audios"]
+    assert two["error"].startswith("prompt/too_many_audio: ") and "at most 1 audio item(s)" in two["error"]
+    processor = moss_processor(assets["moss"])
+    good = [r for r in rows if r["id"] != "two-audios"]
+    assert len(good) == 9 and all(r["error"] is None and r["answer"] for r in good), [r["error"] for r in good]
+    for r in good:
+        assert r["prompt_tokens"] == expected_prompt_tokens(processor, "moss-audio", r["source_manifest"], r["source_row"],
+                                                            "You are a helpful assistant.", processor.tokenizer), r["id"]

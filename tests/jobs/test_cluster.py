@@ -62,10 +62,11 @@ def cluster(tmp_path_factory):
         yield url
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
+        try:  # a head stops its processes one by one, in half a minute; what is left after 10 s is killed
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
         # `ray start` records the head here for later `ray.init()` calls; it is gone now.
         current = "/tmp/ray/ray_current_cluster"
         if os.path.exists(current) and f":{port}" in open(current).read():

@@ -76,8 +76,10 @@ def test_kill_driver_mid_run_then_resume_exactly_once(assets, tmp_path):
         wait_for(lambda: len(parts(out)) >= 1, 600, proc)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as in a crash
         proc.wait()
-    # Ray workers fate-share with their driver; make sure none of the killed run can still commit.
+    # Ray workers fate-share with their driver; make sure none of the killed run can still commit. Nor may the
+    # engines they started live on, holding the model's memory (vLLM's processes outlive a killed actor).
     wait_for(lambda: not pids("MapBatches"), 60)
+    wait_for(lambda: not pids("EngineCore") and not pids("VLLM::Worker"), 30)
     kept = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in parts(out)}
     done_before = {r["id"] for r in rows(out)}
     assert 0 < len(done_before) < n, "the kill should land mid-run"
@@ -115,6 +117,7 @@ def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
             for pid in actors:
                 os.kill(pid, signal.SIGKILL)  # the actor dies: Ray restarts it and retries its batches
             assert proc.wait(timeout=600) == 0
+            wait_for(lambda: not pids("EngineCore"), 30)  # the killed actor's engine too
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

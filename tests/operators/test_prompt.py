@@ -145,6 +145,54 @@ def test_qwen2_5_omni_prompt_equals_the_chat_template_rendering(assets):
         "<|audio_bos|><|AUDIO|><|audio_eos|>Describe the audio in detail.<|im_end|>\n<|im_start|>assistant\n")
 
 
+MOSS = spec("moss-audio")
+
+
+def moss_processor(path: str):
+    """vLLM's own MOSS-Audio processor (the model has no HF one here), set up from the checkpoint's
+    processor_config.json as vLLM's engine sets it up."""
+    from transformers import AutoTokenizer
+    from vllm.model_executor.models.moss_audio import MossAudioProcessor
+
+    with open(f"{path}/processor_config.json") as f:
+        return MossAudioProcessor(AutoTokenizer.from_pretrained(path, trust_remote_code=True), **json.load(f))
+
+
+def moss_audio_tokens(n_samples: int) -> int:
+    """MOSS-Audio: 100 mel frames/s, three stride-2 convolutions: 12.5 tokens per second."""
+    n = n_samples // 160  # the Whisper STFT frames, less the last one, as its feature extractor drops it
+    for _ in range(3):
+        n = (n - 1) // 2 + 1
+    return n
+
+
+def test_moss_audio_prompt_is_the_one_its_processor_writes(assets):
+    """The registry's template renders the prompt MOSS-Audio's processor builds by hand (Qwen3 turns, the
+    audio span, a newline, the instruction), through the checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets["moss"], trust_remote_code=True)
+    assert render(tok, MOSS, caption(text="Describe this audio.")) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe this audio.<|im_end|>\n<|im_start|>assistant\n")
+    stage = Prompt(spec=MOSS, trust_remote_code=True, model_path=assets["moss"], system=None,
+                   prompts={"caption": {"instruction": "Describe this audio.", "system": None}}, conversations=False)
+    assert stage(rows([None])).column("prompt_text")[0].as_py() == render(tok, MOSS, caption(text="Describe this audio."))
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0, 7.3, 30.0])
+def test_moss_audio_placeholders_and_time_markers_per_clip_length(assets, seconds):
+    """vLLM's MOSS-Audio processor expands the span to 12.5 audio tokens a second and, as the checkpoint's
+    processor_config.json asks, writes the elapsed seconds (2, 4, ...) as digit tokens every 2 s."""
+    proc = moss_processor(assets["moss"])
+    wave = np.zeros(int(16000 * seconds), np.float32)
+    ids = proc(text=render(proc.tokenizer, MOSS, caption()), audio=[wave])["input_ids"][0].tolist()
+    span = ids[ids.index(proc.audio_start_id) + 1:ids.index(proc.audio_end_id)]
+    assert span.count(proc.audio_token_id) == moss_audio_tokens(len(wave))
+    markers = proc.tokenizer.decode([i for i in span if i != proc.audio_token_id])
+    assert markers == "".join(str(s) for s in range(2, int(moss_audio_tokens(len(wave)) / 12.5) + 1, 2))
+
+
 def test_whisper_prompt_is_fixed():
     assert render(None, spec("whisper-en"), caption()) == "<|startoftranscript|><|notimestamps|>"
 
