@@ -163,8 +163,6 @@ def build_tiny_audio_flamingo_3(out: str, seed: int = 0) -> str:
     return save(model, tmp, out, {"language_model.model.model.": "language_model.model."})
 
 
-MOSS_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
-
 # The checkpoint's config code, as MOSS-Audio ships configuration_moss_audio.py for AutoConfig (transformers
 # has no MOSS-Audio classes; vLLM's own MossAudioConfig cannot be loaded by AutoConfig: its encoder config is
 # a dataclass that transformers cannot print). The same fields; vLLM reads them by name.
@@ -207,9 +205,9 @@ def build_tiny_moss_audio(out: str, seed: int = 0) -> str:
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tok = tokenizer(MOSS_SPECIALS, specials_last=True)
+    tok = tokenizer(SPECIALS, specials_last=True)  # Qwen2-Audio's audio tokens are MOSS-Audio's too
     tok.save_pretrained(tmp)
-    ids = dict(zip(("audio_start_id", "audio_token_id", "audio_end_id"), tok.convert_tokens_to_ids(MOSS_SPECIALS[3:])))
+    ids = dict(zip(("audio_start_id", "audio_token_id", "audio_end_id"), tok.convert_tokens_to_ids(SPECIALS[3:])))
     with open(os.path.join(tmp, "processor_config.json"), "w") as f:
         json.dump({**ids, "enable_time_marker": True,
                    "mel_config": {"mel_dim": 128, "mel_sr": 16000, "mel_hop_length": 160, "mel_n_fft": 400}}, f)
@@ -228,7 +226,7 @@ def build_tiny_moss_audio(out: str, seed: int = 0) -> str:
     lm = Qwen3Model(Qwen3Config(**{k: v for k, v in language.items() if k != "model_type"}))
     w = {f"language_model.{k}": v for k, v in lm.state_dict().items()}
     lm_head = torch.nn.Linear(language["hidden_size"], len(tok), bias=False)
-    visible_text_only(lm_head, tok, MOSS_SPECIALS)
+    visible_text_only(lm_head, tok, SPECIALS)
     w["lm_head.weight"] = lm_head.weight.detach()
 
     def add(name: str, module: torch.nn.Module) -> None:
