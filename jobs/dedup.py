@@ -7,10 +7,16 @@
    (operators/fingerprint.py). Committed under `_identity/` (and `_exclude/`), resumable like every job;
    bad audio becomes an error row.
 2. Clusters: operators/cluster.py finds the copies on Ray (buckets grouped by Ray Data, copies verified in
-   each bucket) and closes them into clusters; each keeps its row with the lowest `id`.
+   each bucket) among all identities, earlier runs' too, and closes them into clusters; each keeps the row an
+   earlier run kept, or else its row with the lowest `id`.
 3. The output: one row per input row with its columns, `audio_hash`, `fingerprint`, `duplicate_of`,
    `contaminated_by`, `keep`, `error`; and `kept/`, a manifest of the kept rows with the input's own
    columns, which jobs.caption, jobs.aqa and jobs.transcribe take as `--input` as it is.
+
+Over a grown corpus (the next night) each pass does only what is new: new rows' identities, their marks,
+and one `kept/` part per new marked part. Nothing committed is rewritten, so the next jobs, reading `kept/`,
+see only new parts. A new evaluation set in `dedup.exclude` marks new rows; rows marked before are not
+rewritten, and the log says how many of them copy it (`--fresh` marks everything again).
 """
 from __future__ import annotations
 
@@ -21,10 +27,9 @@ import pyarrow.compute as pc
 
 from jobs import runner
 from operators import cluster, decode
-from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators.models import ModelSpec
-from operators.stage import put
+from operators.stage import LIGHT_CPUS, put
 
 IDENTITY, EXCLUDE, KEPT = "_identity", "_exclude", "kept"
 # What this job adds to a row: the kept manifest carries the input's columns only.
@@ -51,8 +56,7 @@ def marked(ds, cfg, spec, prompts, column, assignment):
     return ds.map_batches(cluster.mark, fn_kwargs={"assignment": assignment}, batch_format="pyarrow", num_cpus=0)
 
 
-IDENTIFY = runner.Job("audio_hash", identities, generates=False, checks=False)
-MARK = runner.Job("duplicate_of", marked, derived=True, generates=False, checks=False)
+IDENTIFY = runner.Job("audio_hash", identities, generates=False, checks=False, determines=("dedup",))
 
 
 def kept(batch: pa.Table) -> pa.Table:
@@ -60,24 +64,32 @@ def kept(batch: pa.Table) -> pa.Table:
     return rows.select([c for c in rows.column_names if c not in ADDED])
 
 
-def write_kept(output: str) -> str:
-    """kept/: the kept rows as manifest parquet (id, audio and the input's other columns)."""
-    import pyarrow.fs as pafs
-    import ray
-    from ray.data.datasource import FilenameProvider
+def keep_part(part: str, target: str) -> None:
+    """One marked part's kept rows as a manifest part of the same name (none kept: an empty part, which
+    says the marked part is done)."""
+    import pyarrow.parquet as pq
 
-    class Parts(FilenameProvider):  # named as parts, so that `--input <output>/kept` lists them
-        def get_filename_for_task(self, write_uuid, task_index):
-            return f"{ledger_mod.PART}kept-{write_uuid}-{task_index:06d}.parquet"
+    from operators.write import commit
+
+    fs, _ = ledger_mod.output_fs(part)
+    with fs.open(part, "rb") as f:
+        table = kept(pq.read_table(f))
+    commit(table, target, f"{ledger_mod.PART}kept-{part.rsplit('/', 1)[-1][len(ledger_mod.PART):]}")
+
+
+def write_kept(output: str) -> str:
+    """kept/: the kept rows as manifest parquet (id, audio and the input's other columns), one part per marked
+    part, written once (Ray tasks): a part committed on an earlier night is never rewritten."""
+    import ray
 
     fs, root = ledger_mod.output_fs(output)
     target = f"{root}/{KEPT}"
-    if fs.exists(target):
-        fs.rm(target, recursive=True)
-    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    files = sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
-    ray.data.read_parquet(files, filesystem=filesystem).map_batches(kept, batch_format="pyarrow").write_parquet(
-        target, filesystem=filesystem, filename_provider=Parts())
+    have = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{target}/{ledger_mod.PART}*.parquet")}
+    proto = output.split("://", 1)[0] + "://" if "://" in output else ""
+    todo = [proto + p for p in sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
+            if f"{ledger_mod.PART}kept-{p.rsplit('/', 1)[-1][len(ledger_mod.PART):]}" not in have]
+    task = ray.remote(num_cpus=LIGHT_CPUS)(keep_part)
+    ray.get([task.remote(p, f"{output.rstrip('/')}/{KEPT}") for p in todo])
     return target
 
 
@@ -87,42 +99,38 @@ def dedup(cfg, fresh: bool = False) -> dict:
     base = cfg.output.rstrip("/")
     if fresh:
         runner.prepare_output(base, True)
-    changed = 0
+    new_evaluation = 0
     if cfg.dedup.exclude:
-        changed += runner.run(cfg.model_copy(update={"input": cfg.dedup.exclude, "output": f"{base}/{EXCLUDE}"}),
-                              IDENTIFY)["output_rows_this_run"]
-    changed += runner.run(cfg.model_copy(update={"output": f"{base}/{IDENTITY}"}), IDENTIFY)["output_rows_this_run"]
+        new_evaluation = runner.run(cfg.model_copy(update={"input": cfg.dedup.exclude, "output": f"{base}/{EXCLUDE}"}),
+                                    IDENTIFY)["output_rows_this_run"]
+    runner.run(cfg.model_copy(update={"output": f"{base}/{IDENTITY}"}), IDENTIFY)
     fs, root = ledger_mod.output_fs(base)
-    parts = {side: sorted(fs.glob(f"{root}/{side}/{ledger_mod.PART}*.parquet")) for side in (IDENTITY, EXCLUDE)}
-    found = cluster.edges(parts[IDENTITY], parts[EXCLUDE], cfg, pafs.PyFileSystem(pafs.FSSpecHandler(fs)))
-    assignment = cluster.assign(found)
-    # New identities may change any cluster: then the marked rows are written again, else resumed.
-    summary = runner.run(cfg.model_copy(update={"input": f"{base}/{IDENTITY}", "output": base}), MARK,
-                         fresh=bool(changed), keep=(IDENTITY, EXCLUDE), build_args={"assignment": assignment})
+    proto = base.split("://", 1)[0] + "://" if "://" in base else ""
+    parts = {side: sorted(fs.glob(f"{root}/{side}/{ledger_mod.PART}*.parquet".replace("//", "/")))
+             for side in (IDENTITY, EXCLUDE, "")}  # "": the rows marked on earlier runs
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    found = cluster.edges(parts[IDENTITY], parts[EXCLUDE], cfg, filesystem)
+    before = cluster.earlier(parts[""], found, filesystem)
+    assignment = cluster.assign(found, before)
+    if new_evaluation and before.num_rows:
+        print(f"dedup: dedup.exclude has {new_evaluation} new evaluation rows; {cluster.remarked(assignment, before)} "
+              "rows marked on earlier runs copy them and are not re-marked (their rows stay as committed; --fresh "
+              "marks every row again)", flush=True)
+    # Marks resume like any derived job: only identity rows not marked yet are marked now.
+    summary = runner.run(cfg.model_copy(update={"input": f"{proto}{root}/{IDENTITY}", "output": base}), JOB,
+                         build_args={"assignment": assignment})
     write_kept(base)
-    return summary
+    return {**summary, "feeds": KEPT}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = runner.parse_args(argv, __doc__)
-    try:
-        cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
-        if args.dry_run:
-            return runner.dry_run(cfg.model_copy(update={"output": f"{cfg.output.rstrip('/')}/{IDENTITY}"}), IDENTIFY)
-        summary = dedup(cfg, fresh=args.fresh)
-    except config_mod.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    runner.report(summary, cfg.output)
-    print(f"dedup: {summary.get('clusters', 0)} clusters, {summary.get('duplicates', 0)} duplicates, "
-          f"{summary.get('contaminated', 0)} contaminated, {summary.get('rows_kept', 0)} kept of "
-          f"{summary['output_rows']}; manifest of the kept rows: {cfg.output.rstrip('/')}/{KEPT}")
-    failure = runner.verdict(summary, cfg)
-    if failure:
-        print(f"FAILED: {failure}", file=sys.stderr)
-        return 1
-    return 0
+def dry_run(cfg) -> int:
+    """The identity pass's dry run: what would be fetched and fingerprinted."""
+    return runner.dry_run(cfg.model_copy(update={"output": f"{cfg.output.rstrip('/')}/{IDENTITY}"}), IDENTIFY)
+
+
+JOB = runner.Job("duplicate_of", marked, derived=True, generates=False, checks=False, determines=("dedup",),
+                 runs=dedup, dry=dry_run, feeds=KEPT)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(runner.main(JOB, __doc__))

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
+
+import pyarrow as pa
 
 from jobs.runner import Job, main
 from operators import export
@@ -35,39 +38,44 @@ def runs(parts: list) -> list[str]:
     return sorted({p.path.rsplit("/", 1)[-1][len(PART):].split("-", 1)[0] for p in parts})
 
 
-def card(cfg, ledger, column: str, written: int) -> None:
-    """README.md: the dataset card `datasets` reads (splits, features), with what made the dataset."""
+def card(cfg, ledger, column: str, written: int) -> dict:
+    """README.md: the dataset card `datasets` reads (splits, features), with what made the dataset. Written
+    whatever was kept: without a card `load_dataset` would read every parquet file, the dropped rows too."""
     import datasets
     import pyarrow.dataset as pads
     import yaml
 
     fs, root = output_fs(cfg.output)
     parts = split_parts(ledger)
-    splits = [s for s in cfg.export.splits if s in parts]
-    kept = [p.path for s in splits for p in parts[s]]
-    if not kept:
-        return
-    table = pads.dataset(kept, filesystem=fs, format="parquet")
+    counts = {s: sum(p.rows for p in parts.get(s, [])) for s in cfg.export.splits}
+    # With nothing kept every split is named, by a pattern no file matches yet: `load_dataset` then finds no
+    # data files, where no card would hand it the dropped rows as a train split.
+    splits = [s for s in cfg.export.splits if counts[s]] or list(cfg.export.splits)
+    kept = [p.path for s in splits for p in parts.get(s, [])]
+    if not ledger.parts:
+        return {"splits": counts, "rows_exported": 0}  # an empty input: no file for `load_dataset` to read
+    table = pads.dataset(kept or sorted(ledger.parts), filesystem=fs, format="parquet")
     feats = datasets.Features.from_arrow_schema(table.schema)
-    used = table.to_table(columns=[c for c in ("model", "prompt_id", "prompt") if c in table.schema.names])
+    used = pads.dataset(kept, filesystem=fs, format="parquet").to_table(
+        columns=[c for c in ("model", "prompt_id", "prompt") if c in table.schema.names]) if kept else pa.table({})
     models = sorted(set(used["model"].drop_null().to_pylist())) if "model" in used.column_names else []
     prompts = (sorted(set(zip(used["prompt_id"].to_pylist(), used["prompt"].to_pylist())))
                if "prompt_id" in used.column_names else [])
     dropped = parts.get(export.DROPPED, [])
-    reasons = {k: v for p in dropped for k, v in p.errors.items()}
+    reasons = sum((p.errors for p in dropped), Counter())
     not_kept = sum(p.rows for p in dropped) - sum(reasons.values())
     # `datasets` keys its cache by this header, not by the files: a pattern per run that wrote the split (part
     # names start with the run id) gives every export, and every resume of one, a cache of its own, where
     # `part-*` would hand a new export of the same shape the rows of an old one.
     header = {
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": s, "path": [f"{PART}{r}-*-{s}.parquet" for r in runs(parts[s])]}
-                                    for s in splits]}],
+                     "data_files": [{"split": s, "path": [f"{PART}{r}-*-{s}.parquet" for r in runs(parts[s])]
+                                     if counts[s] else [f"{PART}*-{s}.parquet"]} for s in splits]}],
         "dataset_info": {"features": feats._to_yaml_list(),
-                         "splits": [{"name": s, "num_examples": sum(p.rows for p in parts[s])} for s in splits]},
+                         "splits": [{"name": s, "num_examples": counts[s]} for s in splits]},
         "task_categories": ["audio-text-to-text"],
     }
-    rows = "\n".join(f"| {s} | {sum(p.rows for p in parts[s])} | {sum(p.window_s for p in parts[s]) / 3600:.4f} |"
+    rows = "\n".join(f"| {s} | {counts[s]} | {sum(p.window_s for p in parts.get(s, [])) / 3600:.4f} |"
                      for s in splits)
     text = f"""---
 {yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip()}
@@ -84,7 +92,7 @@ clip are in one split (split by a hash of the clip's id, seed {cfg.export.seed})
 
 - Models: {", ".join(f"`{m}`" for m in models) or "none recorded"}
 - Prompts: {"; ".join(f"`{i}`: {p!r}" for i, p in prompts) or "the rows' own conversations"}
-- Left out: {sum(p.rows for p in dropped)} rows ({not_kept} not kept by the quality rules; errors: {json.dumps(reasons)})
+- Left out: {sum(p.rows for p in dropped)} rows ({not_kept} not kept by the quality rules; errors: {json.dumps(dict(sorted(reasons.items())))})
 
 ```python
 from datasets import load_dataset
@@ -95,11 +103,17 @@ print(ds["{splits[0]}"][0]["{column}"], ds["{splits[0]}"][0]["audio"])
 """
     with fs.open(f"{root}/README.md", "w") as f:
         f.write(text)
-    print(f"dataset: {cfg.output} ({', '.join(f'{s} {sum(p.rows for p in parts[s])}' for s in splits)} rows): "
-          f"datasets.load_dataset({cfg.output.rstrip('/')!r}); review page: {cfg.output.rstrip('/')}/_report.html")
+    exported = sum(counts.values())
+    if exported:
+        print(f"dataset: {cfg.output} ({', '.join(f'{s} {counts[s]}' for s in splits if counts[s])} rows): "
+              f"datasets.load_dataset({cfg.output.rstrip('/')!r}); review page: {cfg.output.rstrip('/')}/_report.html")
+    else:
+        print(f"dataset: {cfg.output}: 0 rows kept ({sum(p.rows for p in dropped)} left out: see the review page)")
+    return {"splits": counts, "rows_exported": exported}
 
 
-JOB = Job(None, build, derived=True, generates=False, checks=False, split_by="split", finish=card)
+JOB = Job(None, build, derived=True, generates=False, checks=False, split_by="split", finish=card,
+          determines=("export",))
 
 if __name__ == "__main__":
     sys.exit(main(JOB, __doc__))

@@ -17,7 +17,7 @@ def build(ds, cfg, spec, prompts, column):
     return ds  # the runner's checks (score, quality) are this job's work
 
 
-JOB = Job(None, build, derived=True, generates=False)
+JOB = Job(None, build, derived=True, generates=False, determines=("quality", "score"))
 
 if __name__ == "__main__":
     sys.exit(main(JOB, __doc__))

@@ -146,3 +146,57 @@ def page(ledger, summary: dict, png: bytes) -> str:
                      f"<td>{''.join(f'<span class=flag>{e(f)}</span>' for f in flags)}</td></tr>")
     parts.append("</table></body></html>")
     return "".join(parts)
+
+
+NIGHT_PAGE = "_night.html"
+
+
+def night_figure(nights: list[dict], funnels: list[list[tuple[str, int]]]) -> bytes:
+    """This night's funnel, and every funnel stage per night so far, as one matplotlib figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4))
+    names, counts = zip(*funnels[-1]) if funnels[-1] else ((), ())
+    a.barh(list(names)[::-1], list(counts)[::-1])
+    for y, n in enumerate(list(counts)[::-1]):
+        a.annotate(str(n), (n, y), xytext=(3, 0), textcoords="offset points", va="center")
+    a.set(title=f"night {nights[-1]['night']}: rows through the steps", xlabel="rows")
+    x = [n["night"] for n in nights]
+    for k, name in enumerate(names):
+        b.plot(x, [dict(f).get(name, 0) for f in funnels], marker="o", label=name)
+    b.set(title="per night", xlabel="night", ylabel="rows", xticks=x)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def night_page(root: str, nights: list[dict], funnels: list[list[tuple[str, int]]]) -> str:
+    """The night's page: self-contained like the review pages; links to each step's review page (relative)."""
+    from jobs.night import new
+
+    e, last = html.escape, nights[-1]
+    before = nights[-2] if len(nights) > 1 else None
+    png = base64.b64encode(night_figure(nights, funnels)).decode()
+    steps = "".join(
+        f"<tr><td><a href='{e(s['name'])}/{PAGE}'>{e(s['name'])}</a></td><td>{e(s['job'])}</td>"
+        f"<td>{e(s.get('status', ''))}</td><td>{s['wall_s']:.1f}</td><td>{new(s, before, 'rows_out')}</td>"
+        f"<td>{new(s, before, 'output_rows')}</td></tr>" for s in last["steps"])
+    funnel = "".join(f"<tr><td>{e(name)}</td><td>{n}</td></tr>" for name, n in funnels[-1])
+    history = "".join(
+        f"<tr><td>{n['night']}</td><td>{e(n['started_at'])}</td><td>{e(n['status'])}</td><td>{n['attempts']}</td>"
+        f"<td>{n['wall_s']:.1f}</td>" + "".join(f"<td>{c}</td>" for _, c in f) + "</tr>" for n, f in zip(nights, funnels))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>earmark night {last['night']}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{e(root)}: night {last['night']} ({e(last['status'])})</h1>"
+            f"<img alt='funnel' src='data:image/png;base64,{png}'>"
+            f"<h2>This night</h2><table id='funnel'><tr><th>stage</th><th>rows</th></tr>{funnel}</table>"
+            "<h2>Steps</h2><table id='steps'><tr><th>step (review page)</th><th>job</th><th>status</th><th>wall s</th>"
+            f"<th>input rows this night</th><th>output rows this night</th></tr>{steps}</table>"
+            "<h2>Nights</h2><table id='nights'><tr><th>night</th><th>started</th><th>status</th><th>attempts</th>"
+            "<th>wall s</th>" + "".join(f"<th>{e(name)}</th>" for name, _ in funnels[-1]) + f"</tr>{history}</table>"
+            "</body></html>")

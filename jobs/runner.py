@@ -24,6 +24,9 @@ from operators import ledger as ledger_mod
 from operators import quality, read, score, write
 
 
+GENERATED = ("model", "prompt", "sampling", "decode", "quality", "score")  # what makes a generated row
+
+
 @dataclass(frozen=True)
 class Job:
     column: str | None  # the output column: caption, text, answer; None: the one the input output has
@@ -33,9 +36,24 @@ class Job:
     generates: bool = True  # runs an engine: needs `model` and a prompt
     checks: bool = True  # its rows have text for the quality and score stages
     split_by: str | None = None  # commit one file per value of this column (export: the dataset split)
-    # (cfg, ledger, column, written) -> None: what the job writes from its committed output at the end of a
-    # run, before the summary (the stitched transcripts, a dataset card).
+    # (cfg, ledger, column, written) -> dict | None: what the job writes from its committed output at the end
+    # of a run, before the summary (the stitched transcripts, a dataset card); what it returns joins the summary.
     finish: Callable | None = None
+    # The config key groups that determine its rows (operators/config.py `determining`): an output made with
+    # other values of them is refused, so that one output never mixes two configs.
+    determines: tuple[str, ...] = GENERATED
+    # A job that is several runs of this runner (dedup): (cfg, fresh) -> summary, run instead of `run`.
+    runs: Callable | None = None
+    # ... and its dry run: (cfg) -> exit code, instead of `dry_run`.
+    dry: Callable | None = None
+    # The folder in its output that a next job reads (dedup: `kept`); "" for the output itself.
+    feeds: str = ""
+
+    def start(self, cfg, fresh: bool = False) -> dict:
+        return self.runs(cfg, fresh) if self.runs else run(cfg, self, fresh)
+
+    def check_run(self, cfg) -> int:
+        return self.dry(cfg) if self.dry else dry_run(cfg, self)
 
 
 TEXT_COLUMNS = ("caption", "text", "answer")  # what the generating jobs write; derived jobs find theirs
@@ -88,6 +106,46 @@ def prepare_output(output: str, fresh: bool, keep: tuple[str, ...] = ()) -> None
             fs.rm(f"{root}/{name}")
 
 
+def open_output(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = ()):
+    """The output's ledger, read once (after --fresh cleared the output). Refused with a ConfigError, before
+    anything in it changes, when its committed rows were made with other values of what determines them."""
+    if fresh:
+        prepare_output(cfg.output, True, keep)
+    ledger = ledger_mod.Ledger(cfg.output).update()  # the one read of what is committed
+    refuse(cfg, job, ledger)
+    return ledger
+
+
+def refuse(cfg, job: Job, ledger) -> None:
+    """ConfigError when the output's committed rows were made with other values of what determines the job's."""
+    why = ledger.refusal(config_mod.determining(cfg, job.determines))
+    if why:
+        raise config_mod.ConfigError(f"{why}; rows of two configs must not mix in one output: start over with "
+                                     "--fresh, or write to another --output")
+
+
+def start_ray(cfg) -> None:
+    import ray
+
+    env = config_mod.storage_env(cfg)
+    # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
+    # node's cluster). Otherwise a fresh local instance: never a stale cluster a crashed `ray start` left.
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env} if env else None)
+
+
+def planned(cfg, manifests: list[str], ledger) -> tuple:
+    """(read chunks, rows in, rows per chunk, rows already committed) of this run."""
+    import ray
+
+    done = ledger.done()
+    # Chunks never smaller than a batch of any stage, so that small runs still commit in small steps.
+    grain = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
+    blocks = int(cfg.read.blocks_per_cpu * ray.cluster_resources().get("CPU", 1))
+    chunks, rows_in, chunk_rows = read.plan(manifests, grain, blocks, cfg.read.max_chunk_rows, done)
+    return chunks, rows_in, chunk_rows, int(sum(len(rows) for rows in done.values()))
+
+
 def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_args: dict | None = None) -> dict:
     """Run one job to completion (or resume it) and return its summary. `keep`: subfolders --fresh spares;
     `build_args`: passed to the job's build (what a job computed before this run, e.g. clusters)."""
@@ -98,22 +156,14 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
     spec = config_mod.model_spec(cfg) if job.generates else None
     manifests = read.expand(cfg.input)
     column = job.column or text_column(manifests)
-    prepare_output(cfg.output, fresh, keep)
-    ledger = ledger_mod.Ledger(cfg.output).update()  # the one read of what is committed
-    done = ledger.done()
+    ledger = open_output(cfg, job, fresh, keep)
+    prepare_output(cfg.output, False)  # the markers of a finished run, which this run rewrites
+    ledger.record(config_mod.determining(cfg, job.determines))
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
-    env = config_mod.storage_env(cfg)
-    # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
-    # node's cluster). Otherwise a fresh local instance: never a stale cluster a crashed `ray start` left.
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
-             runtime_env={"env_vars": env} if env else None)
+    start_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     t0 = time.time()
-    # Chunks never smaller than a batch of any stage, so that small runs still commit in small steps.
-    grain = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
-    blocks = int(cfg.read.blocks_per_cpu * ray.cluster_resources().get("CPU", 1))
-    chunks, rows_in, chunk_rows = read.plan(manifests, grain, blocks, cfg.read.max_chunk_rows, done)
-    resumed = int(sum(len(rows) for rows in done.values()))
+    chunks, rows_in, chunk_rows, resumed = planned(cfg, manifests, ledger)
     print(f"plan: {rows_in} rows in, {resumed} already committed, {rows_in - resumed} to do in "
           f"{chunks.num_rows} read tasks of up to {chunk_rows} rows", flush=True)
     written, stages = 0, {}
@@ -134,14 +184,13 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         written = tracker.output_rows
         stages = stage_times(ds)
     ledger.update()  # reads only the parts this run committed
-    if job.finish is not None:
-        job.finish(cfg, ledger, column, written)
+    finished = job.finish(cfg, ledger, column, written) if job.finish is not None else None
     wall = time.time() - t0
     summary = {"rows_in": rows_in, **ledger.counts(run_id), "run_id": run_id, "column": column,
                "model": cfg.model.path if cfg.model else None, "prompts": list(prompts) or ledger.prompt_ids,
                "started_at": t0,
                "rows_resumed": resumed, "output_rows_this_run": int(written), "wall_s": round(wall, 2),
-               "output_rows_per_s": round(written / wall, 3), "stages": stages}
+               "output_rows_per_s": round(written / wall, 3), "stages": stages, **(finished or {})}
     # This run's tokens only: a resume's earlier rows took no time now.
     summary["output_tokens_per_s"] = round(summary.pop("output_tokens_this_run") / wall, 2)
     ledger.write_summary(summary)
@@ -166,6 +215,9 @@ def text_column(manifests: list[str]) -> str:
     import fsspec
     import pyarrow.parquet as pq
 
+    if not manifests:
+        raise config_mod.ConfigError("input: no committed rows to read (no part files); give the output folder of a "
+                                     "caption, transcribe or aqa job that has run")
     with fsspec.open(manifests[0], "rb") as f:
         names = pq.read_schema(f).names
     found = [c for c in TEXT_COLUMNS if c in names]
@@ -216,7 +268,7 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
 
     print(f"rows in {summary['rows_in']}  rows out {summary['rows_out']}  ok {summary['rows_ok']}  "
           f"errors {summary['rows_error']}  resumed {summary['rows_resumed']}  "
-          f"{summary['output_rows_per_s']:.2f} clips/s  wall {summary['wall_s']:.1f} s")
+          f"{summary['output_rows_per_s']:.2f} rows/s  wall {summary['wall_s']:.1f} s")
     for kind, n in summary["errors_by_kind"].items():
         print(f"  {kind}: {n}")
     if "rows_kept" in summary or "flags" in summary:
@@ -228,6 +280,10 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
     for name, t in summary["stages"].items():
         print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
               f"rows {t['rows_out']}")
+    if "clusters" in summary:
+        print(f"dedup: {summary['clusters']} clusters, {summary['duplicates']} duplicates, "
+              f"{summary['contaminated']} contaminated, {summary.get('rows_kept', 0)} kept of "
+              f"{summary['output_rows']}; manifest of the kept rows: {output.rstrip('/')}/{summary.get('feeds', '')}")
     print(f"output: {output}  (review page: {report_mod.PAGE}, summary: {ledger_mod.SUMMARY})")
     fs, root = ledger_mod.output_fs(output)
     files = sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
@@ -261,22 +317,14 @@ SAMPLES = 3  # audio items a dry run fetches and decodes
 
 def dry_run(cfg, job: Job) -> int:
     """Everything the real run checks before its work, and the plan; no engine starts. 0: it would start."""
-    import ray
-
     from operators.decode import DecodeError, decode
 
     prompts = check(cfg, job)
     problems = [p for p in [model_problem(cfg.model.path)] if p] if job.generates else []
     manifests = read.expand(cfg.input)
-    ledger = ledger_mod.Ledger(cfg.output).update()
-    done = ledger.done()
-    env = config_mod.storage_env(cfg)
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
-             runtime_env={"env_vars": env} if env else None)
-    grain = min(cfg.decode.batch_size, cfg.engine.batch_size, cfg.write.rows_per_file)
-    blocks = int(cfg.read.blocks_per_cpu * ray.cluster_resources().get("CPU", 1))
-    chunks, rows_in, chunk_rows = read.plan(manifests, grain, blocks, cfg.read.max_chunk_rows, done)
-    resumed = int(sum(len(r) for r in done.values()))
+    ledger = open_output(cfg, job)
+    start_ray(cfg)
+    chunks, rows_in, chunk_rows, resumed = planned(cfg, manifests, ledger)
     d, e = cfg.decode, cfg.engine
     print(f"dry run: {rows_in} rows in {len(manifests)} manifests; {resumed} already committed in {cfg.output}; "
           f"{rows_in - resumed} to do in {chunks.num_rows} read tasks of up to {chunk_rows} rows")
@@ -312,8 +360,8 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
         if args.dry_run:
-            return dry_run(cfg, job)
-        summary = run(cfg, job, fresh=args.fresh)  # checks the job's own config before Ray starts
+            return job.check_run(cfg)
+        summary = job.start(cfg, fresh=args.fresh)  # checks the job's own config before Ray starts
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,9 @@ verified within each bucket, clusters closed transitively, one row kept per clus
    differs by at most `dedup.max_length_gap_s` (or whose audio hash is equal). A row that matches none
    becomes a representative. Each match is an edge.
 3. The edges (one per copy found, not one per row) are closed into connected components (scipy), and
-   each component keeps its input row with the lowest `id`; the others get `duplicate_of` that id. A
+   each component keeps one input row; the others get `duplicate_of` its id. The kept row is one that an
+   earlier run kept (`earlier`), so that what was kept and captioned on an earlier night stays kept and a new
+   copy is its duplicate whatever its id; in a component of new rows only, the row with the lowest `id`. A
    component with an evaluation row (`dedup.exclude`) marks every input row in it `contaminated_by` the
    lowest evaluation id.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.stage import LIGHT_CPUS
+from operators.stage import LIGHT_CPUS, put
 
 READS = ["source_manifest", "source_row", "id", "audio_hash", "fingerprint", "signature", "active_s", "error"]
 INPUT, EXCLUDE = 0, 1  # sides: rows being deduplicated, rows of evaluation sets
@@ -88,14 +90,43 @@ def edges(inputs: list[str], excludes: list[str], cfg, filesystem) -> pa.Table:
     return pa.concat_tables(tables) if tables else verify(pa.table({c: [] for c in READS[:-1] + ["side"]}), 0, 0, 1)
 
 
-def assign(found: pa.Table) -> pa.Table:
+MARKED = ["source_manifest", "source_row", "duplicate_of", "contaminated_by"]
+
+
+def nodes_of(found: pa.Table) -> pa.Table:
+    """Both ends of every edge: one row per (edge end), NODE columns."""
+    return pa.concat_tables([found.select([f"{e}_{c}" for c in NODE]).rename_columns(NODE) for e in "ab"])
+
+
+def _among(batch: pa.Table, keys: pa.Table) -> pa.Table:
+    return batch.join(keys, ["source_manifest", "source_row"], join_type="left semi")
+
+
+def earlier(marked: list[str], found: pa.Table, filesystem) -> pa.Table:
+    """The input rows in `found`'s edges that earlier runs marked already (part files `marked`), with what
+    they were marked: MARKED columns. Read on Ray: the driver gets rows in clusters only, never the corpus."""
+    import ray
+
+    nodes = nodes_of(found)
+    keys = nodes.filter(pc.equal(nodes["side"], INPUT)).group_by(["source_manifest", "source_row"]).aggregate([])
+    empty = pa.schema([("source_manifest", pa.string()), ("source_row", pa.int64()), ("duplicate_of", pa.string()),
+                       ("contaminated_by", pa.string())]).empty_table()
+    if not marked or not keys.num_rows:
+        return empty
+    ds = ray.data.read_parquet(marked, columns=MARKED, filesystem=filesystem).map_batches(
+        _among, fn_kwargs={"keys": keys}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables([empty, *tables], promote_options="permissive").cast(empty.schema)
+
+
+def assign(found: pa.Table, before: pa.Table | None = None) -> pa.Table:
     """Per input row in a cluster of two or more: `duplicate_of` (null for the kept row) and
-    `contaminated_by`; keyed by (source_manifest, source_row). Vectorized: no Python object per row."""
+    `contaminated_by`; keyed by (source_manifest, source_row). `before`: what earlier runs marked (`earlier`);
+    a row they kept stays kept. Vectorized: no Python object per row."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    ends = [found.select([f"{e}_{c}" for c in NODE]).rename_columns(NODE) for e in "ab"]
-    nodes = pa.concat_tables(ends)
+    nodes = nodes_of(found)
     # One integer per node: side, manifest and row say which row it is.
     key = pc.binary_join_element_wise(pc.cast(nodes["side"], pa.string()), nodes["source_manifest"],
                                       pc.cast(nodes["source_row"], pa.string()), "#")
@@ -107,9 +138,16 @@ def assign(found: pa.Table) -> pa.Table:
     first = np.unique(index, return_index=True)[1]  # one row of `nodes` per node
     table = nodes.take(pa.array(first)).append_column("cluster", pa.array(labels[index[first]]))
     inputs = table.filter(pc.equal(table["side"], INPUT))
-    kept = inputs.sort_by([("cluster", "ascending"), ("id", "ascending"), ("source_manifest", "ascending"),
-                           ("source_row", "ascending")])
-    lead = np.r_[True, np.diff(kept["cluster"].to_numpy()) != 0]
+    # Rank 0: kept by an earlier run (marked, no duplicate_of); 1: every other row. The lowest rank, then id.
+    leaders = (before.filter(pc.is_null(before["duplicate_of"])).select(["source_manifest", "source_row"])
+               if before is not None else pa.table({"source_manifest": pa.array([], pa.string()),
+                                                    "source_row": pa.array([], pa.int64())}))
+    leaders = leaders.append_column("rank", pa.array(np.zeros(leaders.num_rows, np.int8)))
+    ranked = inputs.join(leaders, ["source_manifest", "source_row"])
+    ranked = put(ranked, rank=pc.fill_null(ranked["rank"], 1))
+    kept = ranked.sort_by([("cluster", "ascending"), ("rank", "ascending"), ("id", "ascending"),
+                           ("source_manifest", "ascending"), ("source_row", "ascending")])
+    lead = np.r_[True, np.diff(kept["cluster"].to_numpy()) != 0] if kept.num_rows else np.zeros(0, bool)
     kept = kept.filter(pa.array(lead)).select(["cluster", "source_manifest", "source_row", "id"]).rename_columns(
         ["cluster", "kept_manifest", "kept_row", "kept_id"])
     evaluation = table.filter(pc.equal(table["side"], EXCLUDE)).group_by("cluster").aggregate([("id", "min")])
@@ -120,10 +158,15 @@ def assign(found: pa.Table) -> pa.Table:
                      "contaminated_by": out["contaminated_by"]})
 
 
+def remarked(assignment: pa.Table, before: pa.Table) -> int:
+    """Rows marked by an earlier run that the assignment now finds copying an evaluation row (a new
+    `dedup.exclude` set): their committed rows are not rewritten."""
+    now = assignment.join(before, ["source_manifest", "source_row"], join_type="inner", right_suffix="_before")
+    return int(pc.sum(pc.and_(pc.is_valid(now["contaminated_by"]), pc.is_null(now["contaminated_by_before"]))).as_py() or 0)
+
+
 def mark(batch: pa.Table, assignment: pa.Table) -> pa.Table:
     """Ray Data UDF: `duplicate_of`, `contaminated_by` and `keep` of each identity row."""
-    from operators.stage import put
-
     keys = batch.select(["source_manifest", "source_row"]).append_column("_row", pa.array(np.arange(batch.num_rows)))
     hit = keys.join(assignment, ["source_manifest", "source_row"], join_type="inner")
     dup = np.full(batch.num_rows, None, object)

@@ -5,6 +5,7 @@ A mistake fails here with the key's dotted name and what is allowed, before Ray 
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Literal, Union
@@ -392,8 +393,10 @@ def _describe(err: dict) -> str:
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
-def load(path: str, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobCfg:
-    """Read a YAML config, apply overrides and validate it; raise ConfigError naming the key."""
+def load(path: str, overrides: list[str] = (), input: str | None = None, output: str | None = None,
+         check_input: bool = True) -> JobCfg:
+    """Read a YAML config, apply overrides and validate it; raise ConfigError naming the key. `check_input`
+    false: the input is made later (a night's step reading the step before), so it is not looked at now."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}; configs live in configs/<job>.yaml")
     with open(path) as f:
@@ -411,7 +414,7 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join("  " + _describe(x) for x in e.errors())) from None
     # Before any listing: the driver's own fsspec calls need the endpoint too.
     os.environ.update(storage_env(cfg))
-    check_paths(cfg)
+    check_paths(cfg, check_input)
     e = cfg.engine
     if e.num_gpus is None:
         e.num_gpus = float(e.tensor_parallel_size)
@@ -556,12 +559,13 @@ def storage_env(cfg: JobCfg) -> dict[str, str]:
     return env
 
 
-def check_paths(cfg: JobCfg) -> None:
+def check_paths(cfg: JobCfg, check_input: bool = True) -> None:
     """Fail fast on inputs, outputs and models that cannot be used, before any cluster work."""
     from operators import storage
 
     try:
-        storage.check_input(cfg.input)
+        if check_input:
+            storage.check_input(cfg.input)
         for spec in cfg.dedup.exclude:
             storage.check_input(spec, "dedup.exclude")
         storage.check_output(cfg.output)
@@ -582,3 +586,89 @@ def check_paths(cfg: JobCfg) -> None:
 
 def is_hub_id(path: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+
+
+# What determines an output's rows, by key group; a job names the groups it depends on (runner.Job.determines).
+# Operational keys (actors, batch sizes, retries, progress, storage, error limits) are in none: changing them
+# never changes a row, so a resume accepts them.
+DECODE_KEYS = ("long_audio", "cut", "cut_search_s", "overlap_s", "segment", "vad", "segments", "max_duration_s")
+DEDUP_KEYS = ("max_ber", "max_length_gap_s", "bands", "bits", "length_grid_s", "max_bucket")
+
+
+def determining(cfg: JobCfg, groups: tuple[str, ...]) -> dict[str, Any]:
+    """The values that make an output's rows what they are, as flat dotted keys (JSON-ready)."""
+    out: dict[str, Any] = {}
+    if "model" in groups and cfg.model is not None:
+        out.update({"model.family": cfg.model.family, "model.path": cfg.model.path})
+    if "prompt" in groups:
+        out["prompt.system"] = cfg.prompt.system
+        out.update({f"prompt.{name}": item.model_dump(exclude={"quality"}) for name, item in prompts(cfg).items()})
+    if "sampling" in groups:
+        out.update({f"sampling.{k}": v for k, v in cfg.sampling.model_dump().items()})
+    if "decode" in groups:
+        out.update({f"decode.{k}": getattr(cfg.decode, k) for k in DECODE_KEYS})
+    if "quality" in groups:
+        out.update({"quality.enabled": cfg.quality.enabled, "quality.select": cfg.quality.select})
+        rules = quality_rules(cfg)  # the rules of every prompt whose own `quality` changes them, and the rest's
+        out.update({f"quality.rules{'@' + p if p else ''}": r.model_dump() for p, r in rules.items()
+                    if not p or r is not rules[""]})
+    if "score" in groups:
+        out.update({"score.enabled": cfg.score.enabled, "score.model": cfg.score.model if cfg.score.enabled else None})
+    if "dedup" in groups:
+        out.update({f"dedup.{k}": getattr(cfg.dedup, k) for k in DEDUP_KEYS})
+        out["decode.max_duration_s"] = cfg.decode.max_duration_s
+    if "export" in groups:
+        out.update({f"export.{k}": v for k, v in cfg.export.model_dump(include={"splits", "seed", "sample_rate"}).items()})
+    # Through JSON once, so that what is compared is what a record on disk holds (tuples as lists, ...).
+    return flat(json.loads(json.dumps(out, default=str)))
+
+
+def flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a refusal names the very key that changed."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+class StepCfg(_Strict):
+    """One step of a night (jobs.night): a job run with its own config file and changes to it."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="the step's folder under the night's output, "
+                      "and how the command line addresses it (`caption.sampling.max_tokens=64`)")
+    job: str = Field(description="the job module: dedup, caption, transcribe, aqa, quality, export")
+    config: str = Field(description="the job's config file, e.g. configs/caption.yaml")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="changes to its keys: {sampling.max_tokens: 64}")
+    input: str | None = Field(None, description="the step whose output this one reads; default: the step before")
+
+
+class NightCfg(_Strict):
+    """A night: steps run in order by one driver, each writing ROOT/<name>/ and feeding the next."""
+
+    input: Union[str, list[str], None] = Field(None, description="the first step's input (manifests); --input")
+    output: str | None = Field(None, description="the night's root folder or URI; --output")
+    steps: list[StepCfg] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _names(cls, v: list[StepCfg]) -> list[StepCfg]:
+        seen: set[str] = set()
+        for step in v:
+            if step.name in seen:
+                raise ValueError(f"step name {step.name!r} twice; each step needs its own name (its output folder)")
+            if step.input is not None and step.input not in seen:
+                raise ValueError(f"step {step.name!r}: input {step.input!r} names no step before it")
+            seen.add(step.name)
+        return v
+
+
+def load_night(path: str) -> NightCfg:
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config: no such file {path!r}; nights live in configs/night.yaml, configs/recipes/")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    try:
+        return NightCfg.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid night\n" + "\n".join(
+            f"  {'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None

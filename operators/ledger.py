@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SUMMARY, SUCCESS, PART = "_summary.json", "_SUCCESS", "part-"
+# What determines the rows (operators/config.py `determining`), recorded before the first row is committed.
+CONFIG = "_config.json"
 UNIT = ["source_manifest", "source_row", "segment", "prompt_id"]
 KEYS = [*UNIT, "segments", "prompts"]
 # Read when present: counts for the summary and the report. Outputs of older runs may lack some.
@@ -325,6 +327,27 @@ class Ledger:
                 t = pf.read(columns=[c for c in columns if c in pf.schema_arrow.names])
             tables.append(t.take(pa.array(picks[which == i] - starts[i])))
         return pa.concat_tables(tables, promote_options="permissive")
+
+    # -- the config the rows were made with -----------------------------------------------------------------
+    def refusal(self, values: dict) -> str | None:
+        """Why rows made with `values` must not join this output: the first key whose recorded value differs.
+        None when they may: nothing committed yet, no record (an output of an older earmark), or equal values."""
+        fs, root = output_fs(self.output)
+        if not fs.exists(f"{root}/{CONFIG}") or not (self.parts or fs.glob(f"{root}/{PART}*.parquet")):
+            return None
+        with fs.open(f"{root}/{CONFIG}", "r") as f:
+            old = json.load(f)
+        for key in sorted(set(old) | set(values)):
+            if old.get(key) != values.get(key):
+                return (f"{key}: {self.output} holds rows made with {json.dumps(old.get(key))}, and this run has "
+                        f"{json.dumps(values.get(key))}")
+        return None
+
+    def record(self, values: dict) -> None:
+        fs, root = output_fs(self.output)
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{root}/{CONFIG}", "w") as f:
+            json.dump(values, f, indent=2, sort_keys=True)
 
     def write_summary(self, summary: dict) -> None:
         fs, root = output_fs(self.output)

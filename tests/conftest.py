@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -91,3 +92,22 @@ def caption_run(assets, tmp_path_factory):
     with open(assets["manifest"]) as f:
         manifest = [json.loads(line) for line in f]
     return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium, headless, through selenium and chromedriver: what a person would open pages with."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    # Debian's chromium and chromium-driver (`make test` installs them): never a downloaded driver.
+    assert shutil.which("chromium") and shutil.which("chromedriver"), "apt-get install chromium chromium-driver"
+    options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()

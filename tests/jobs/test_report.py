@@ -5,27 +5,8 @@ import html
 import json
 import os
 import re
-import shutil
 
 import pytest
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(flag)
-    # Debian's chromium and chromium-driver (`make test` installs them): never a downloaded driver.
-    assert shutil.which("chromium") and shutil.which("chromedriver"), "apt-get install chromium chromium-driver"
-    options.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

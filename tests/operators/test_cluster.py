@@ -1,7 +1,8 @@
-"""Clusters from copy edges: closed transitively, the lowest id kept, evaluation copies marked."""
+"""Clusters from copy edges: closed transitively, the lowest id kept (or what an earlier run kept), evaluation
+copies marked."""
 import pyarrow as pa
 
-from operators.cluster import EXCLUDE, INPUT, assign, mark, verify
+from operators.cluster import EXCLUDE, INPUT, assign, mark, remarked, verify
 
 
 def edges(pairs):
@@ -24,6 +25,27 @@ def test_clusters_close_transitively_and_keep_the_lowest_id():
     got = {r["source_row"]: r for r in assign(found).to_pylist()}
     assert {k: got[k]["duplicate_of"] for k in got} == {0: "a", 1: None, 2: "a", 5: None, 6: "x"}
     assert all(r["contaminated_by"] is None for r in got.values())
+
+
+def before(rows):
+    """What an earlier run marked: (row, duplicate_of, contaminated_by) of manifest m.jsonl."""
+    return pa.table({"source_manifest": ["m.jsonl"] * len(rows), "source_row": pa.array([r[0] for r in rows], pa.int64()),
+                     "duplicate_of": pa.array([r[1] for r in rows], pa.string()),
+                     "contaminated_by": pa.array([r[2] for r in rows], pa.string())})
+
+
+def test_a_row_kept_by_an_earlier_run_stays_kept_whatever_the_new_copy_s_id():
+    # Last night: "m" (row 3) kept, "n" (row 4) its copy. Tonight: "a" (row 0) copies it, and sorts first.
+    found = edges([(node(3, "m"), node(4, "n")), (node(0, "a"), node(3, "m"))])
+    got = {r["source_row"]: r["duplicate_of"] for r in assign(found, before([(3, None, None), (4, "m", None)])).to_pylist()}
+    assert got == {0: "m", 3: None, 4: "m"}
+    assert {r["source_row"]: r["duplicate_of"] for r in assign(found).to_pylist()} == {0: None, 3: "a", 4: "a"}
+
+
+def test_a_new_evaluation_set_is_counted_against_rows_of_earlier_runs():
+    found = edges([(node(3, "m"), node(4, "n")), (node(4, "n"), node(9, "eval-1", EXCLUDE, "eval.jsonl"))])
+    earlier = before([(3, None, None), (4, "m", None)])
+    assert remarked(assign(found, earlier), earlier) == 2
 
 
 def test_evaluation_copies_mark_their_whole_cluster():
