@@ -28,14 +28,11 @@ assets: setup
 browser:
 	command -v chromedriver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
-# The order a user runs: dedup -> caption / transcribe / aqa -> quality (re-check with other rules) -> export.
+# A night (dedup -> caption -> quality -> export, one command), then the other generating jobs alone.
 demo: assets
-	$(PY) -m jobs.dedup --config configs/dedup-demo.yaml --fresh
-	$(PY) -m jobs.caption --config configs/caption-demo.yaml --fresh
+	$(PY) -m jobs.night --config configs/night-demo.yaml --fresh
 	$(PY) -m jobs.transcribe --config configs/transcribe-demo.yaml --fresh
 	$(PY) -m jobs.aqa --config configs/aqa-demo.yaml --fresh
-	$(PY) -m jobs.quality --config configs/quality-demo.yaml --fresh
-	$(PY) -m jobs.export --config configs/export.yaml --fresh
 
 test: assets browser
 	$(PY) -m pytest -q tests

@@ -1,12 +1,11 @@
 """The dedup job end to end on real Ray: generated clips and their copies (other clips and transforms than
-the benchmark's), an evaluation set to keep out, bad rows; the kept rows captioned as they are; a kill -9
-and a resume that give the same clusters."""
+the benchmark's), an evaluation set to keep out, bad rows; the kept manifest; a kill -9 and a resume that give
+the same clusters."""
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -84,18 +83,13 @@ def test_the_summary_counts_clusters_copies_and_contamination(run, clips):
     assert "dedup: 10 clusters" in run["stdout"]
 
 
-def test_kept_rows_feed_the_caption_job_as_they_are(run, assets, tmp_path):
+def test_kept_rows_are_a_manifest_of_the_input_s_columns(run):
+    # The night's test (tests/jobs/test_night.py) captions them as they are.
     kept = os.path.join(run["out"], "kept")
     rows = [r for f in sorted(os.listdir(kept)) for r in pq.read_table(os.path.join(kept, f)).to_pylist()]
     assert sorted(r["id"] for r in rows) == sorted(i for i, r in run["rows"].items() if r["keep"])
     assert set(rows[0]) == {"id", "audio", "kind"}  # the input's columns, nothing of dedup's
-    out = str(tmp_path / "captions")
-    proc = subprocess.run([sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml", "--input",
-                           kept, "--output", out, "sampling.max_tokens=4"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    captions = outputs(out).values()
-    assert Counter(r["id"] for r in captions) == Counter(r["id"] for r in rows)  # one window each (<= 12 s)
-    assert all(r["error"] is None and r["caption"] for r in captions)
+    assert len(os.listdir(kept)) == len(parts(run["out"]))  # one kept part per marked part
 
 
 def test_kill_then_resume_gives_the_same_clusters(run, clips, tmp_path):

@@ -119,3 +119,31 @@ def test_two_exports_of_one_shape_each_load_their_own_rows(tmp_path):
         cfg = config_mod.load("configs/export.yaml", [], input=out, output=out)  # any committed output
         card(cfg, Ledger(out).update(), "caption", 1)
         assert datasets.load_dataset(out, cache_dir=cache)["train"]["caption"] == [caption]
+
+
+def test_an_export_that_keeps_no_row_serves_no_dropped_row(tmp_path, capsys):
+    """The rules kept nothing: the card still names the splits (by patterns no file matches), so
+    `load_dataset` finds no data instead of reading the dropped parts as a train split; the card's counts of
+    what was left out sum over every dropped part."""
+    import datasets
+    import pyarrow as pa
+
+    from jobs.export import card
+    from operators import config as config_mod
+    from operators.ledger import DERIVED, Ledger
+    from operators.write import commit
+
+    out = str(tmp_path / "dataset")
+    for k, error in enumerate(["decode/missing: a: no such file", "decode/not_audio: b: not audio", None]):
+        part = pa.table({"id": [f"x{k}"], "caption": ["loop loop"], "input_part": ["p"], "input_row": [k],
+                         "error": pa.array([error], pa.string())})
+        commit(part.replace_schema_metadata(DERIVED), out, f"part-run{k}0000000-000000000000-dropped.parquet")
+    cfg = config_mod.load("configs/export.yaml", [], input=out, output=out)
+    assert card(cfg, Ledger(out).update(), "caption", 0) == {"splits": {"train": 0, "validation": 0, "test": 0},
+                                                            "rows_exported": 0}
+    assert "0 rows kept (3 left out" in capsys.readouterr().out
+    with open(os.path.join(out, "README.md")) as f:
+        text = f.read()
+    assert 'Left out: 3 rows (1 not kept by the quality rules; errors: {"decode/missing": 1, "decode/not_audio": 1})' in text
+    with pytest.raises(datasets.exceptions.DataFilesNotFoundError):
+        datasets.load_dataset(out, cache_dir=str(tmp_path / "hf"))

@@ -20,9 +20,11 @@ from jobs.assets import copy, corpus
 from tests.jobs.test_runner import parts, pids, wait_for
 
 CMD = [sys.executable, "-m", "jobs.night", "--config", "configs/night-demo.yaml"]
-# The same both nights (sampling determines the rows); one row per commit, so that a kill lands mid-step.
-ARGS = ["caption.sampling.max_tokens=16", "caption.sampling.min_tokens=16", "caption.write.rows_per_file=1",
-        "caption.engine.batch_size=1", "caption.decode.batch_size=1", "dedup.dedup.exclude=[]"]
+# The same both nights (sampling determines the rows); one row at a time, one per commit, long outputs, so
+# that a kill lands mid-step.
+ARGS = ["caption.sampling.max_tokens=256", "caption.sampling.min_tokens=256", "caption.write.rows_per_file=1",
+        "caption.engine.batch_size=1", "caption.engine.max_inflight_batches=1", "caption.decode.batch_size=1",
+        "dedup.dedup.exclude=[]"]
 STEPS = ("dedup", "caption", "quality", "export")
 
 
@@ -69,7 +71,7 @@ def nights(assets, tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     wait_for(lambda: not pids("MapBatches"), 60)
-    killed_mid_step = not os.path.exists(os.path.join(root, "caption", "_SUCCESS"))
+    killed_mid_step = len(parts(os.path.join(root, "caption"))) < 12  # night 2's six not all committed
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     with open(os.path.join(root, "_night.json")) as f:
@@ -171,3 +173,31 @@ def test_operational_keys_never_refuse(nights):
                "export.export.concurrency=1", "dedup.write.rows_per_file=3", "quality.errors.max_input_error_pct=50"]
     steps = night.plan(cfg, nights["root"], nights["input"], ARGS + changes)
     assert [s.name for s in steps] == list(STEPS)
+
+
+def recipe(tmp_path, steps):
+    path = tmp_path / "night.yaml"
+    path.write_text(json.dumps({"input": ".cache/dedup/manifest.jsonl", "output": str(tmp_path / "root"), "steps": steps}))
+    return str(path)
+
+
+DEDUP = {"name": "dedup", "job": "dedup", "config": "configs/dedup-demo.yaml"}
+CAPTION = {"name": "caption", "job": "caption", "config": "configs/caption-demo.yaml"}
+
+
+@pytest.mark.parametrize("steps, extra, said", [
+    ([DEDUP, {**CAPTION, "job": "captoin"}], [], "config error: step caption: job: unknown job 'captoin'; known: dedup,"),
+    ([DEDUP, {**CAPTION, "name": "dedup"}], [], "step name 'dedup' twice"),
+    ([DEDUP, {**CAPTION, "overrides": {"sampling.max_tokns": 3}}], [],
+     "config error: step caption: configs/caption-demo.yaml: invalid config\n  sampling.max_tokns: unknown key"),
+    ([DEDUP, CAPTION], ["caption.engine.tensor_paralel_size=2"],
+     "config error: step caption: configs/caption-demo.yaml: invalid config\n  engine.tensor_paralel_size: unknown key"),
+    ([DEDUP, CAPTION], ["captoin.sampling.max_tokens=3"],
+     "config error: override 'captoin.sampling.max_tokens=3': begin it with the name of a step (dedup, caption)"),
+    ([DEDUP, {**CAPTION, "input": "export"}], [], "step 'caption': input 'export' names no step before it"),
+    ([DEDUP, {**CAPTION, "config": "configs/nope.yaml"}], [], "config error: step caption: --config: no such file"),
+])
+def test_recipe_mistakes_fail_before_any_work_naming_step_and_key(tmp_path, capsys, steps, extra, said):
+    assert night.main(["--config", recipe(tmp_path, steps), *extra]) == 2
+    assert said in capsys.readouterr().err
+    assert not [f for _, _, names in os.walk(tmp_path / "root") for f in names]  # at most the preflight's folders
