@@ -108,7 +108,7 @@ def bookkeeping(work: str, rows: int, startup: float) -> None:
     for steps, engine in ((["dedup"], 0.0), (["caption", "quality", "export"], startup)):
         root = os.path.join(work, "-".join(steps))
         argv = ["--config", recipe(os.path.join(work, f"{steps[0]}.json"), steps), "--input",
-                os.path.join(folder, "*.jsonl"), "--output", root, "dedup.dedup.exclude=[]",
+                os.path.join(folder, "*.jsonl"), "--output", root, *(["dedup.dedup.exclude=[]"] if "dedup" in steps else []),
                 *(f"{s}.write.rows_per_file=1000" for s in steps), *(f"{s}.decode.batch_size=100" for s in steps)]
         one = timed(argv + ["--fresh"])
         print(f"(b) {' -> '.join(steps)} night 1: " + ", ".join(f"{s} {i} in / {o} out" for s, i, o in per_step(root)),
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-night-")
+    os.makedirs(work, exist_ok=True)
     ray.init(address="local", log_to_driver=False)
     startup = engine_startup(work)
     print(f"engine start-up: {startup:.1f} s", flush=True)

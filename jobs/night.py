@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from jobs import report, runner
 from operators import config as config_mod
 from operators.ledger import Ledger, output_fs
+from operators.storage import StorageFailure
 
 JOBS = ("dedup", "caption", "transcribe", "aqa", "quality", "export")
 RECORD = "_night.json"
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except StorageFailure as e:
+        print(f"storage failure: {e}", file=sys.stderr)
+        return 1
     return dry_run(steps) if args.dry_run else run(steps, root, args.fresh)
 
 

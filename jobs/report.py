@@ -100,7 +100,7 @@ def page(ledger, summary: dict, png: bytes) -> str:
     head = [("rows in", summary["rows_in"]), ("rows out", summary["rows_out"]), ("output rows", summary["output_rows"]),
             ("ok", summary["rows_ok"]), ("errors", summary["rows_error"]), ("resumed", summary["rows_resumed"]),
             ("audio hours", f"{summary['audio_hours']:.4f}"), ("wall", f"{summary['wall_s']:.1f} s"),
-            ("clips/s", f"{summary['output_rows_per_s']:.3f}"), ("tokens/s", summary.get("output_tokens_per_s", 0)),
+            ("output rows/s", f"{summary['output_rows_per_s']:.3f}"), ("tokens/s", summary.get("output_tokens_per_s", 0)),
             ("model", summary.get("model")), ("prompts", ", ".join(summary.get("prompts", [])))]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>earmark run {e(str(summary['run_id']))}</title>"
              f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",

@@ -22,6 +22,7 @@ from jobs.progress import Progress
 from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators import quality, read, score, write
+from operators.storage import StorageFailure
 
 
 GENERATED = ("model", "prompt", "sampling", "decode", "quality", "score")  # what makes a generated row
@@ -365,6 +366,9 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except StorageFailure as e:
+        print(f"storage failure: {e}", file=sys.stderr)
+        return 1
     report(summary, cfg.output)
     failure = verdict(summary, cfg)
     if failure:

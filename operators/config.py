@@ -430,7 +430,7 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     if cfg.quality.select == "clap_score" and s.n > 1 and not cfg.score.enabled:
         raise ConfigError("quality.select=clap_score needs CLAP scores: set score.enabled=true "
                           "(or quality.select=fewest_flags)")
-    if cfg.score.enabled and not cfg.quality.enabled and s.n > 1:
+    if not cfg.quality.enabled and s.n > 1:
         raise ConfigError("sampling.n > 1 needs quality.enabled=true: the quality stage keeps the best candidate")
     if cfg.model is not None:
         spec = model_spec(cfg)

@@ -19,6 +19,12 @@ from operators.decode import window
 from operators.stage import Stage, actors, audio_arrays, errors, put
 
 
+def embeddings(out):
+    """The projected embeddings of ClapModel.get_*_features: a tensor in transformers 4, the output's
+    `pooler_output` in transformers 5 (pyproject allows both)."""
+    return getattr(out, "pooler_output", out)
+
+
 class Score(Stage):
     reads = ("error",)  # and the text column; `waveform`, or `audio` with the segment times
     writes = ("clap_score",)  # and `candidate_scores` with several candidates
@@ -56,7 +62,7 @@ class Score(Stage):
                 owner.append(k)
         feats = self.processor.feature_extractor(chunks, sampling_rate=self.clap_rate, return_tensors="pt")
         with self.torch.no_grad():
-            emb = self.model.get_audio_features(input_features=feats["input_features"].to(self.device)).pooler_output
+            emb = embeddings(self.model.get_audio_features(input_features=feats["input_features"].to(self.device)))
         emb = emb.float().cpu().numpy()
         out = np.zeros((len(waves), emb.shape[1]), np.float32)
         np.add.at(out, np.asarray(owner), emb)
@@ -65,8 +71,8 @@ class Score(Stage):
     def embed_text(self, texts: list[str]) -> np.ndarray:
         tok = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         with self.torch.no_grad():
-            emb = self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                               attention_mask=tok["attention_mask"].to(self.device)).pooler_output
+            emb = embeddings(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                          attention_mask=tok["attention_mask"].to(self.device)))
         return emb.float().cpu().numpy()
 
     def process(self, batch: pa.Table) -> pa.Table:

@@ -3,8 +3,9 @@ config key and the fix, and never a credential.
 
 Every fsspec location is tried the way the job will use it: buckets are asked for (HEAD), manifests listed
 and their sizes read, the first manifest's head parsed, and a small file written to the output and deleted
-again. On S3 the check's own client gives up after one try and 5 s, so that a wrong endpoint is said at
-once rather than after minutes of retries.
+again. On S3 the check's own client waits at most 5 s and botocore retries once, so that a wrong endpoint is
+said at once rather than after minutes of retries; the store's passing 500s and 503s are retried as in every
+S3 call (`retry_transient`), and a store that keeps failing is a StorageFailure, not a configuration error.
 """
 from __future__ import annotations
 
@@ -18,6 +19,45 @@ PROBE = ".earmark-probe-"
 
 class StorageError(ValueError):
     """A store cannot be used as configured; the message is one line naming the key and the fix."""
+
+
+class StorageFailure(RuntimeError):
+    """The store kept answering 500/503 through every retry: a failing store, not the configuration's fault."""
+
+
+# S3's answers that mean "try again": 500 InternalError, 503 SlowDown/ServiceUnavailable, and their kin.
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504"}
+
+
+def transient(e: BaseException) -> bool:
+    """Whether an S3 error (botocore's, or s3fs's translation of one) is the store's passing trouble."""
+    for x in (e, e.__cause__):
+        response = getattr(x, "response", None) or {}
+        if response.get("Error", {}).get("Code") in TRANSIENT_CODES or \
+                response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (500, 502, 503, 504):
+            return True
+    return False
+
+
+def retry_transient() -> None:
+    """Make s3fs retry 500 and 503 answers in every call (listings, manifests, audio, commits, markers), with
+    its own backoff: it retries SlowDown by message and nothing else (`_error_wrapper`), so one 500 InternalError
+    (which S3 documents as retryable) would end a listing, a fetch or a commit. s3fs's hook for it is
+    process-wide; botocore's own retries (2 to 5 attempts) come first, s3fs's 5 around them."""
+    try:
+        import s3fs.core
+    except ImportError:  # no S3 in this install
+        return
+    s3fs.core.set_custom_error_handler(transient)
+
+
+def problem(e: BaseException, key: str, uri: str) -> Exception:
+    """The exception a failed storage check raises: a failing store, or a one-line StorageError."""
+    if transient(e):
+        code = next((x.response["Error"].get("Code") for x in (e, e.__cause__) if getattr(x, "response", None)), "")
+        return StorageFailure(f"{uri}: the store still answers {code or 'an error'} after every retry "
+                              f"({key}); the job did no work: run it again when the store is healthy")
+    return StorageError(explain(e, key, uri))
 
 
 def quick_fs(uri: str):
@@ -76,7 +116,7 @@ def _bucket(fs, path: str, key: str, uri: str) -> None:
     except FileNotFoundError:  # HEAD answers a bare 404, not NoSuchBucket
         raise StorageError(f"{key}: no such bucket {name!r} (in {uri}); check the name or create the bucket") from None
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
-        raise StorageError(explain(e, key, uri)) from None
+        raise problem(e, key, uri) from None
 
 
 def check_manifest(fs, path: str, uri: str) -> None:
@@ -127,7 +167,7 @@ def check_input(spec: str | list[str], key: str = "input") -> list[str]:
         except ValueError as e:  # an unsupported format
             raise StorageError(f"{key}: {e}") from None
         except Exception as e:  # noqa: BLE001
-            raise StorageError(explain(e, key, item)) from None
+            raise problem(e, key, item) from None
         if not files:
             raise StorageError(f"{key}: no manifest matches {item!r}; give a .jsonl/.parquet file, glob or list, or "
                                "a job's output folder")
@@ -139,7 +179,7 @@ def check_input(spec: str | list[str], key: str = "input") -> list[str]:
         except StorageError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise StorageError(explain(e, key, uri)) from None
+            raise problem(e, key, uri) from None
     return found
 
 
@@ -155,4 +195,4 @@ def check_output(uri: str) -> None:
         fs.pipe(probe, b"earmark")
         fs.rm(probe)
     except Exception as e:  # noqa: BLE001
-        raise StorageError(explain(e, "output", uri)) from None
+        raise problem(e, "output", uri) from None

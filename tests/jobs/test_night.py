@@ -68,22 +68,28 @@ def nights(assets, tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: len(parts(os.path.join(root, "caption"))) > sum(p.startswith("caption/") for p in snapshot),
                  600, proc)
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as in a crash
         proc.wait()
+    # Ray workers fate-share with their driver; none of the killed night may still commit. Nor may its engine
+    # live on, holding the model's memory (vLLM's processes outlive a killed actor: the watchdog kills them).
     wait_for(lambda: not pids("MapBatches"), 60)
+    wait_for(lambda: not pids("EngineCore") and not pids("VLLM::Worker"), 30)
+    killed = files(root)
     killed_mid_step = len(parts(os.path.join(root, "caption"))) < 12  # night 2's six not all committed
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     with open(os.path.join(root, "_night.json")) as f:
         record = json.load(f)
-    return {"root": root, "input": str(d / "in" / "*.jsonl"), "rows": rows, "shard1": shard1, "shard2": shard2, "snapshot": snapshot, "cmd": cmd,
+    return {"root": root, "input": str(d / "in" / "*.jsonl"), "rows": rows, "shard1": shard1, "shard2": shard2,
+            "snapshot": snapshot, "killed": killed, "cmd": cmd,
             "record": record, "killed_mid_step": killed_mid_step, "stdout": first.stdout + second.stdout}
 
 
-def test_night_2_rewrites_nothing_of_night_1(nights):
+def test_night_2_rewrites_nothing_of_night_1_nor_of_its_killed_attempt(nights):
     assert nights["killed_mid_step"]  # the kill landed in the caption step, not after it
     now = files(nights["root"])
     assert {p: now.get(p) for p in nights["snapshot"]} == nights["snapshot"]
+    assert {p: now.get(p) for p in nights["killed"]} == nights["killed"]
     assert all(any(p.startswith(f"{s}/") for p in set(now) - set(nights["snapshot"])) for s in STEPS)
 
 

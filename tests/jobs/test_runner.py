@@ -1,5 +1,5 @@
-"""Crashes and reruns through the real pipeline: kill -9 the driver and resume; kill the engine and
-its actor mid-run. Every input row must come out exactly once."""
+"""Crashes and reruns through the real pipeline: kill the engine and its actor mid-run (kill -9 of the driver
+and a resume: tests/jobs/test_night.py, through the night's driver). Every input row must come out exactly once."""
 import json
 import os
 import re
@@ -66,37 +66,6 @@ def kill_all(pattern):
 def start(m, out, log):
     return subprocess.Popen(CMD + ["--input", m, "--output", out, *SMALL], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def test_kill_driver_mid_run_then_resume_exactly_once(assets, tmp_path):
-    n = 60
-    m, out = manifest(tmp_path, n), str(tmp_path / "out")
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = start(m, out, log)
-        wait_for(lambda: len(parts(out)) >= 1, 600, proc)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as in a crash
-        proc.wait()
-    # Ray workers fate-share with their driver; make sure none of the killed run can still commit. Nor may the
-    # engines they started live on, holding the model's memory (vLLM's processes outlive a killed actor).
-    wait_for(lambda: not pids("MapBatches"), 60)
-    wait_for(lambda: not pids("EngineCore") and not pids("VLLM::Worker"), 30)
-    kept = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in parts(out)}
-    done_before = {r["id"] for r in rows(out)}
-    assert 0 < len(done_before) < n, "the kill should land mid-run"
-    assert not os.path.exists(os.path.join(out, "_SUCCESS"))
-
-    proc = subprocess.run(CMD + ["--input", m, "--output", out, *SMALL], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = rows(out)
-    assert sorted(r["id"] for r in final) == sorted(f"c{i}" for i in range(n))  # each id exactly once
-    assert all(r["error"] is None for r in final)
-    for f, mtime in kept.items():  # committed files were kept, not rewritten
-        assert os.stat(os.path.join(out, f)).st_mtime_ns == mtime
-    with open(os.path.join(out, "_summary.json")) as f:
-        summary = json.load(f)
-    assert summary["rows_resumed"] == len(done_before)
-    assert summary["output_rows_this_run"] == n - len(done_before)  # nothing committed was generated again
-    assert summary["rows_in"] == summary["rows_out"] == n and summary["duplicate_rows"] == 0
 
 
 def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):

@@ -98,3 +98,18 @@ def test_a_caption_job_needs_a_prompt_and_aqa_a_chat_model(assets):
     whisper = config.load("configs/transcribe-demo.yaml")
     with pytest.raises(config.ConfigError, match="model.family: 'whisper-en' takes no conversation"):
         check(whisper, aqa.JOB)
+
+
+@pytest.mark.parametrize("extra", [[], ["score.enabled=true", "score.model=.cache/models/tiny-clap"]])
+def test_several_candidates_need_the_quality_stage_that_keeps_the_best(assets, extra):
+    with pytest.raises(config.ConfigError, match="sampling.n > 1 needs quality.enabled=true"):
+        config.load(DEMO, ["sampling.n=3", "sampling.temperature=0.8", "quality.enabled=false", *extra])
+
+
+def test_what_determines_the_rows_leaves_operational_keys_out(assets):
+    base = config.determining(config.load(DEMO), ("model", "prompt", "sampling", "decode", "quality", "score"))
+    ops = config.load(DEMO, ["engine.replicas=2", "engine.batch_size=1", "decode.concurrency=3", "decode.batch_size=1",
+                             "write.rows_per_file=5", "progress.every_s=1", "errors.max_engine_error_pct=50",
+                             "read.max_chunk_rows=10", "storage.region=eu-west-1", "engine.max_retries=0"])
+    assert config.determining(ops, ("model", "prompt", "sampling", "decode", "quality", "score")) == base
+    assert base["sampling.max_tokens"] == 24 and base["decode.cut"] == "energy" and "prompt.caption.instruction" in base

@@ -1,6 +1,7 @@
 """Storage problems say what to fix, in one line, before any work: the job's own command against moto's S3
 server (and a second one that enforces IAM, for access denied). Exit 2, no traceback, no credential."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,3 +140,34 @@ def test_one_bad_line_is_the_row_s_error_not_the_manifest_s(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(storage.StorageError, match="is not JSON lines"):
             storage.check_manifest(fs, str(tmp_path / name), str(tmp_path / name))
+
+
+@pytest.fixture
+def flaky(bucket, monkeypatch):
+    """The S3 server behind the fault proxy (tests/s3faults.py), as the job's endpoint."""
+    from tests.s3faults import FaultProxy
+
+    proxy = FaultProxy(bucket["endpoint"], slow_down=0.2, internal=0.1, seed=7)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    yield proxy
+    proxy.stop()
+
+
+def test_the_checks_retry_a_flaky_store_and_never_call_it_a_config_error(flaky):
+    """20 % SlowDown, 10 % InternalError after the store did the request: s3fs alone retries SlowDown only,
+    and one 500 ended the output check as a config error."""
+    for k in range(10):
+        storage.check_input("s3://storage-test/m.jsonl")
+        storage.check_output(f"s3://storage-test/out-{k}")
+    assert flaky.counts["slow_down"] > 10 and flaky.counts["internal"] > 5, flaky.counts
+
+
+def test_a_store_failing_every_retry_is_a_storage_failure_in_one_line(flaky):
+    flaky.set(slow_down=0.0, internal=1.0)
+    proc, _ = job("--input", "s3://storage-test/m.jsonl", "--output", "s3://storage-test/out",
+                  env={"AWS_ENDPOINT_URL_S3": flaky.url})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.match(r"storage failure: s3://storage-test/m.jsonl: the store still answers (InternalError|500) after "
+                    r"every retry \(input\)", lines[0]), lines[0]
+    assert S3_SECRET not in proc.stderr + proc.stdout
