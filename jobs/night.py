@@ -28,6 +28,7 @@ import traceback
 from dataclasses import dataclass
 
 from jobs import report, runner
+from jobs.progress import Stalled
 from operators import config as config_mod
 from operators.ledger import Ledger, output_fs
 from operators.storage import StorageFailure
@@ -164,6 +165,8 @@ def run(steps: list[Step], root: str, fresh: bool) -> int:
             failure = runner.verdict(summary, step.cfg)
         except config_mod.ConfigError as e:
             failure, code = f"config error: step {step.name}: {e}", 2
+        except (Stalled, StorageFailure) as e:  # said in full by their message: no traceback
+            failure, code = f"night: step {step.name} failed: {type(e).__name__.lower()}: {e}", 1
         except Exception as e:  # noqa: BLE001 - whatever stops a step stops the night, said in one line
             traceback.print_exc()
             failure, code = f"night: step {step.name} failed: {type(e).__name__}: {e}", 1

@@ -11,6 +11,7 @@ Metrics view (Prometheus/Grafana) shows per job.
 """
 from __future__ import annotations
 
+import _thread
 import json
 import sys
 import threading
@@ -24,10 +25,15 @@ def duration(seconds: float) -> str:
     return f"{h} h {m} min" if h else f"{m} min {s} s" if m else f"{s} s"
 
 
-class Progress:
-    """Counts commits (a few numbers each, from the write stage) and says them now and then."""
+class Stalled(RuntimeError):
+    """No row was committed for `run.stall_s` seconds: the job stops rather than wait forever."""
 
-    def __init__(self, rows_in: int, done: int, every_s: float, output: str, out=None):
+
+class Progress:
+    """Counts commits (a few numbers each, from the write stage) and says them now and then. With `stall_s`,
+    it interrupts the driver's wait when no commit came for that long (`stalled` says how long it was)."""
+
+    def __init__(self, rows_in: int, done: int, every_s: float, output: str, out=None, stall_s: float | None = None):
         self.rows_in, self.start_done, self.every_s = rows_in, float(done), every_s
         self.done, self.output_rows, self.audio_s = float(done), 0, 0.0
         self.errors: Counter = Counter()
@@ -36,6 +42,7 @@ class Progress:
         self.out = out or (lambda line: print(line, file=sys.stdout, flush=True))
         self.lock, self.stopped = threading.Lock(), threading.Event()
         self.gauges = self._gauges(output)
+        self.stall_s, self.last, self.stalled = stall_s, self.t0, None
         self.ticker = threading.Thread(target=self._tick, daemon=True)
         self.ticker.start()
 
@@ -52,6 +59,7 @@ class Progress:
     def add(self, batch) -> None:
         """One result batch of the write stage (pyarrow): files committed and their figures."""
         with self.lock:
+            self.last = time.time()
             self.output_rows += int(sum(batch["rows"].to_pylist()))
             self.done += float(sum(batch["inputs"].to_pylist()))
             self.audio_s += float(sum(batch["audio_s"].to_pylist()))
@@ -80,8 +88,17 @@ class Progress:
                     f"audio {self.audio_s / 3600:.4f} h; ETA {duration(eta) if eta is not None else 'unknown'}")
 
     def _tick(self) -> None:
-        while not self.stopped.wait(self.every_s):
-            self.out(self.line())
+        said = self.t0
+        while not self.stopped.wait(1.0):
+            now = time.time()
+            if now - said >= self.every_s:
+                self.out(self.line())
+                said = now
+            if self.stall_s is not None and now - self.last >= self.stall_s:
+                # The driver waits in Ray Data's iterator, which only an exception in its own thread ends.
+                self.stalled = now - self.last
+                _thread.interrupt_main()
+                return
 
     def stop(self) -> None:
         """The last line, with the run's final figures."""

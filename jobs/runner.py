@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from jobs import report as report_mod
-from jobs.progress import Progress
+from jobs.progress import Progress, Stalled
 from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators import quality, read, score, write
@@ -176,10 +176,15 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
                          committed=None if job.derived else ledger.partial(), derived=job.derived,
                          split_by=job.split_by)
-        tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output)
+        tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output, stall_s=cfg.run.stall_s)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 tracker.add(batch)
+        except KeyboardInterrupt:
+            if tracker.stalled is None:
+                raise
+            raise Stalled(f"no row committed for {tracker.stalled:.0f} s (run.stall_s={cfg.run.stall_s:g}): "
+                          f"{waiting(cfg, job)}; the committed rows are kept and the same command resumes") from None
         finally:
             tracker.stop()
         written = tracker.output_rows
@@ -198,6 +203,29 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
     report_mod.draw(ledger, summary)
     ledger.mark_success()
     return summary
+
+
+def waiting(cfg, job: Job) -> str:
+    """What a stalled run waits for: an actor no alive node can host (resources lost and not replaced), actors
+    Ray has not placed yet, or a stage that stopped moving."""
+    import ray
+    from ray.util.state import list_actors
+
+    needs = [("the decode actors", {"CPU": cfg.decode.num_cpus})]
+    if job.generates:
+        needs.append(("the engine", {"GPU": cfg.engine.num_gpus, "CPU": cfg.engine.num_cpus}))
+    if cfg.score.enabled:
+        needs.append(("the CLAP scorer", {"GPU": cfg.score.num_gpus, "CPU": cfg.score.num_cpus}))
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for what, need in needs:
+        need = {k: v for k, v in need.items() if v}
+        if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+            return f"no node can host {what} ({', '.join(f'{v:g} {k}' for k, v in need.items())})"
+    pending = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "PENDING_CREATION")],
+                          raise_on_missing_output=False)
+    if pending:
+        return f"{len(pending)} actors wait to be placed ({pending[0].class_name}, ...)"
+    return "every actor is placed, but no stage hands rows on (a hung engine, store or node?)"
 
 
 def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict):
@@ -368,6 +396,9 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
         return 2
     except StorageFailure as e:
         print(f"storage failure: {e}", file=sys.stderr)
+        return 1
+    except Stalled as e:
+        print(f"stalled: {e}", file=sys.stderr)
         return 1
     report(summary, cfg.output)
     failure = verdict(summary, cfg)

@@ -182,6 +182,12 @@ class StorageCfg(_Strict):
     region: str | None = None
 
 
+class RunCfg(_Strict):
+    # Seconds without a committed row before the job stops (exit 1) and says what it waited for (actors no node
+    # can host, or a stage that stopped moving). Counts from the start too: above the engine's load time.
+    stall_s: float = Field(1800.0, gt=0)
+
+
 class ProgressCfg(_Strict):
     every_s: float = Field(60.0, gt=0)  # a progress line this often (logs, `ray job logs -f`, terminals)
 
@@ -351,6 +357,7 @@ class JobCfg(_Strict):
     storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
     progress: ProgressCfg = Field(default_factory=ProgressCfg)
+    run: RunCfg = Field(default_factory=RunCfg)
     errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
 
 

@@ -174,7 +174,9 @@ def test_bad_config_fails_before_ray_starts(assets, tmp_path):
 
 def test_rerun_on_a_finished_output_resumes_with_nothing_to_do(run):
     files = sorted(os.listdir(run["out"]))
-    proc = subprocess.run(CMD + ["--output", run["out"]], capture_output=True, text=True, timeout=300)
+    # The same config as the run's (conftest's caption_run): another one would be refused (tests/jobs/test_night.py).
+    proc = subprocess.run(CMD + ["--output", run["out"], "sampling.max_tokens=12"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(os.listdir(run["out"])) == files
     with open(os.path.join(run["out"], "_summary.json")) as f:
@@ -183,19 +185,23 @@ def test_rerun_on_a_finished_output_resumes_with_nothing_to_do(run):
     assert summary["output_rows_this_run"] == 0 and summary["duplicate_rows"] == 0
 
 
-def test_tensor_parallel_engine_gives_the_same_greedy_captions(run, tmp_path):
-    """TP=2 on this 2-core box: each vLLM worker bound to its own core. Slow, but the real sharded engine.
-    Both runs in float32 (CMD), where a different summation order moves logits by ~1e-7, not ~1e-2."""
-    out = str(tmp_path / "tp2")
-    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "engine.tensor_parallel_size=2",
-                                 "engine.env.VLLM_CPU_OMP_THREADS_BIND=0|1"],
+def test_auto_on_a_tensor_parallel_engine_gives_the_entry_s_prompts_and_greedy_captions(run, tmp_path):
+    """One run shows two things (one engine start instead of two): model.family=auto on the tiny Qwen2-Audio
+    makes, from the facts read from the checkpoint, the same prompts (token counts) as its registry entry; and
+    TP=2 on this 2-core box (each vLLM worker bound to its own core: slow, but the real sharded engine) gives
+    the same greedy captions. Both runs in float32 (CMD), where a different summation order moves logits by
+    ~1e-7, not ~1e-2."""
+    out = str(tmp_path / "auto-tp2")
+    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "model.family=auto",
+                                 "engine.tensor_parallel_size=2", "engine.env.VLLM_CPU_OMP_THREADS_BIND=0|1"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tp2 = {(r["id"], r["segment"]): r["caption"] for f in sorted(os.listdir(out)) if f.endswith(".parquet")
+    got = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"])
+           for f in sorted(os.listdir(out)) if f.endswith(".parquet")
            for r in pq.read_table(os.path.join(out, f)).to_pylist()}
-    tp1 = {(r["id"], r["segment"]): r["caption"] for r in run["rows"]}
-    assert tp2 == tp1
-    assert sum(c is not None for c in tp2.values()) >= 6
+    entry = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"]) for r in run["rows"]}
+    assert got == entry
+    assert sum(c is not None for _, c, _ in got.values()) >= 6
 
 
 @pytest.fixture(scope="module")
@@ -246,17 +252,3 @@ def test_clap_score_equals_transformers_on_the_same_audio_and_text(best_of_n, as
                         input_features=features["input_features"])
         expected = (out.text_embeds @ out.audio_embeds[0]).tolist()
         assert [r["clap_score"], *r["candidate_scores"]] == pytest.approx(expected, abs=1e-5)
-
-
-def test_auto_gives_the_entry_s_prompts_and_captions(run, tmp_path):
-    """model.family=auto on the tiny Qwen2-Audio: the facts read from the checkpoint make the same prompts,
-    and greedy decoding the same captions, as its registry entry."""
-    out = str(tmp_path / "auto")
-    proc = subprocess.run(CMD + ["--output", out, "sampling.max_tokens=12", "model.family=auto"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    auto = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"])
-            for f in sorted(os.listdir(out)) if f.endswith(".parquet")
-            for r in pq.read_table(os.path.join(out, f)).to_pylist()}
-    entry = {(r["id"], r["segment"]): (r["prompt_tokens"], r["caption"], r["error"]) for r in run["rows"]}
-    assert auto == entry

@@ -207,3 +207,14 @@ def test_recipe_mistakes_fail_before_any_work_naming_step_and_key(tmp_path, caps
     assert night.main(["--config", recipe(tmp_path, steps), *extra]) == 2
     assert said in capsys.readouterr().err
     assert not [f for _, _, names in os.walk(tmp_path / "root") for f in names]  # at most the preflight's folders
+
+
+def test_dry_run_plans_every_step_without_work(assets, tmp_path, capsys):
+    root = tmp_path / "root"
+    assert night.main(["--config", "configs/night-demo.yaml", "--output", str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 24 rows in 1 manifests; 0 already committed" in out and "sample o00001: fetched and decoded" in out
+    assert f"step caption (caption): {root}/dedup/kept -> {root}/caption; model .cache/models/tiny-qwen2-audio: " \
+           "resolves" in out
+    assert f"step export (export): {root}/quality -> {root}/export" in out
+    assert not [f for _, _, names in os.walk(root) for f in names]  # nothing written

@@ -157,3 +157,16 @@ def test_dry_run_plans_without_an_engine(assets, tmp_path):
     proc = subprocess.run(CMD + ["--input", manifests[0], "--output", out, "--dry-run",
                                  f"model.path={tmp_path / 'empty-model'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "has no config.json" in proc.stderr
+
+
+def test_a_job_whose_engine_no_node_can_host_stops_and_says_so(assets, tmp_path):
+    """Resources lost and not replaced look like this: an engine actor asking for a GPU on a cluster without
+    one is never placed. The job stops after run.stall_s with one line saying what it waited for, exit 1."""
+    m, out = manifest(tmp_path, 4), str(tmp_path / "out")
+    proc = subprocess.run(CMD + ["--input", m, "--output", out, "engine.num_gpus=1", "run.stall_s=20"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r"stalled: no row committed for 2\d s \(run.stall_s=20\): no node can host the engine \(1 GPU, "
+                    r"1 CPU\); the committed rows are kept and the same command resumes$", line), line
+    wait_for(lambda: not pids("MapBatches"), 60)

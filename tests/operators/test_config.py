@@ -110,6 +110,6 @@ def test_what_determines_the_rows_leaves_operational_keys_out(assets):
     base = config.determining(config.load(DEMO), ("model", "prompt", "sampling", "decode", "quality", "score"))
     ops = config.load(DEMO, ["engine.replicas=2", "engine.batch_size=1", "decode.concurrency=3", "decode.batch_size=1",
                              "write.rows_per_file=5", "progress.every_s=1", "errors.max_engine_error_pct=50",
-                             "read.max_chunk_rows=10", "storage.region=eu-west-1", "engine.max_retries=0"])
+                             "read.max_chunk_rows=10", "run.stall_s=60", "engine.max_retries=0"])
     assert config.determining(ops, ("model", "prompt", "sampling", "decode", "quality", "score")) == base
     assert base["sampling.max_tokens"] == 24 and base["decode.cut"] == "energy" and "prompt.caption.instruction" in base
