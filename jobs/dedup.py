@@ -7,8 +7,9 @@
    (operators/fingerprint.py). Committed under `_identity/` (and `_exclude/`), resumable like every job;
    bad audio becomes an error row.
 2. Clusters: operators/cluster.py finds the copies on Ray (buckets grouped by Ray Data, copies verified in
-   each bucket) among all identities, earlier runs' too, and closes them into clusters; each keeps the row an
-   earlier run kept, or else its row with the lowest `id`.
+   each bucket) between the new identities and all (earlier runs' too: only the buckets that hold a new row are
+   compared) and closes them into clusters; each keeps the row an earlier run kept, or else its row with the
+   lowest `id`.
 3. The output: one row per input row with its columns, `audio_hash`, `fingerprint`, `duplicate_of`,
    `contaminated_by`, `keep`, `error`; and `kept/`, a manifest of the kept rows with the input's own
    columns, which jobs.caption, jobs.aqa and jobs.transcribe take as `--input` as it is.
@@ -20,6 +21,7 @@ rewritten, and the log says how many of them copy it (`--fresh` marks everything
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import pyarrow as pa
@@ -32,6 +34,9 @@ from operators.models import ModelSpec
 from operators.stage import LIGHT_CPUS, put
 
 IDENTITY, EXCLUDE, KEPT = "_identity", "_exclude", "kept"
+# The identity parts whose every row is marked: the next run compares only the parts after them with all.
+# An index, not a record: without it every identity is compared again (slower, the same marks).
+MARKED_PARTS = "_marked_parts.json"
 # What this job adds to a row: the kept manifest carries the input's columns only.
 ADDED = {"output_id", "prompt_id", "prompts", "error", "warning", "model", "prompt", "duration_s", "segment",
          "segments", "segment_start_s", "segment_end_s", "speech_s", "sampling", "run_id", "created_at",
@@ -108,8 +113,12 @@ def dedup(cfg, fresh: bool = False) -> dict:
     proto = base.split("://", 1)[0] + "://" if "://" in base else ""
     parts = {side: sorted(fs.glob(f"{root}/{side}/{ledger_mod.PART}*.parquet".replace("//", "/")))
              for side in (IDENTITY, EXCLUDE, "")}  # "": the rows marked on earlier runs
+    index = f"{root}/{MARKED_PARTS}"
+    marked = set(json.load(fs.open(index, "r"))) if fs.exists(index) else set()
+    old = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] in marked]
+    new = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] not in marked]
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    found = cluster.edges(parts[IDENTITY], parts[EXCLUDE], cfg, filesystem)
+    found = cluster.edges(new, old, parts[EXCLUDE], cfg, filesystem)
     before = cluster.earlier(parts[""], found, filesystem)
     assignment = cluster.assign(found, before)
     if new_evaluation and before.num_rows:
@@ -119,6 +128,9 @@ def dedup(cfg, fresh: bool = False) -> dict:
     # Marks resume like any derived job: only identity rows not marked yet are marked now.
     summary = runner.run(cfg.model_copy(update={"input": f"{proto}{root}/{IDENTITY}", "output": base}), JOB,
                          build_args={"assignment": assignment})
+    if summary["rows_out"] == summary["rows_in"]:  # every identity part marked whole: the next run compares
+        with fs.open(index, "w") as f:             # only what comes after them
+            json.dump(sorted(p.rsplit("/", 1)[-1] for p in parts[IDENTITY]), f)
     write_kept(base)
     return {**summary, "feeds": KEPT}
 

@@ -28,10 +28,8 @@ import traceback
 from dataclasses import dataclass
 
 from jobs import report, runner
-from jobs.progress import Stalled
 from operators import config as config_mod
 from operators.ledger import Ledger, output_fs
-from operators.storage import StorageFailure
 
 JOBS = ("dedup", "caption", "transcribe", "aqa", "quality", "export")
 RECORD = "_night.json"
@@ -165,7 +163,7 @@ def run(steps: list[Step], root: str, fresh: bool) -> int:
             failure = runner.verdict(summary, step.cfg)
         except config_mod.ConfigError as e:
             failure, code = f"config error: step {step.name}: {e}", 2
-        except (Stalled, StorageFailure) as e:  # said in full by their message: no traceback
+        except runner.STOPS as e:  # said in full by their message: no traceback
             failure, code = f"night: step {step.name} failed: {type(e).__name__.lower()}: {e}", 1
         except Exception as e:  # noqa: BLE001 - whatever stops a step stops the night, said in one line
             traceback.print_exc()
@@ -206,12 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if not root:
             raise config_mod.ConfigError("output: give the night's root folder (--output ROOT or `output:` in the recipe)")
         steps = plan(night, root, args.input or night.input, args.overrides, args.fresh)
-    except config_mod.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except StorageFailure as e:
-        print(f"storage failure: {e}", file=sys.stderr)
-        return 1
+    except runner.STOPS as e:
+        return runner.stop(e)
     return dry_run(steps) if args.dry_run else run(steps, root, args.fresh)
 
 

@@ -384,6 +384,20 @@ def dry_run(cfg, job: Job) -> int:
     return 2 if problems else 0
 
 
+# What ends a command in one line, no traceback: a mistake in the configuration (exit 2), a store that keeps
+# failing, a run that stopped moving (exit 1).
+STOPS = (config_mod.ConfigError, StorageFailure, Stalled)
+
+
+def stop(e: Exception) -> int:
+    """Say in one line why the command stops; return its exit code."""
+    if isinstance(e, config_mod.ConfigError):
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'storage failure' if isinstance(e, StorageFailure) else 'stalled'}: {e}", file=sys.stderr)
+    return 1
+
+
 def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv, doc)
     try:
@@ -391,15 +405,8 @@ def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
         if args.dry_run:
             return job.check_run(cfg)
         summary = job.start(cfg, fresh=args.fresh)  # checks the job's own config before Ray starts
-    except config_mod.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except StorageFailure as e:
-        print(f"storage failure: {e}", file=sys.stderr)
-        return 1
-    except Stalled as e:
-        print(f"stalled: {e}", file=sys.stderr)
-        return 1
+    except STOPS as e:
+        return stop(e)
     report(summary, cfg.output)
     failure = verdict(summary, cfg)
     if failure:

@@ -69,25 +69,45 @@ def verify(bucket: pa.Table, max_ber: float, max_gap_s: float, max_bucket: int) 
                                       zip(NODE, (pa.int8(), pa.string(), pa.int64(), pa.string()))]))
 
 
-def edges(inputs: list[str], excludes: list[str], cfg, filesystem) -> pa.Table:
-    """All copy edges among the identity parts `inputs` and evaluation parts `excludes`, found on Ray."""
+def _in(batch: pa.Table, refs: list) -> pa.Table:
+    """The rows of `batch` in a bucket of the new rows (whose keys `refs` hold, fetched here, not by the driver)."""
+    import ray
+
+    keys = pa.concat_tables(ray.get(refs)).select(["key"])
+    return batch.join(keys.group_by("key").aggregate([]), "key", join_type="left semi")
+
+
+def edges(new: list[str], old: list[str], excludes: list[str], cfg, filesystem) -> pa.Table:
+    """The copy edges of the identity parts `new` with each other, with the parts `old` (identities an earlier
+    run marked) and with the evaluation parts `excludes`, found on Ray. Only buckets that hold a new row (or an
+    evaluation row) are compared: earlier rows are read for their bucket keys and, outside those buckets,
+    never grouped or compared again, so the night's comparing grows with its new rows."""
     import ray
 
     d = cfg.dedup
     kw = dict(bands=d.bands, bits=d.bits, seconds=d.length_grid_s)
+    empty = verify(pa.table({c: [] for c in READS[:-1] + ["side"]}), 0, 0, 1)
 
     def side(files, s):
         return ray.data.read_parquet(files, columns=READS, filesystem=filesystem).map_batches(
             keyed, fn_kwargs=dict(side=s, **kw), batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
-    ds = side(inputs, INPUT)
-    if excludes:
-        ds = ds.union(side(excludes, EXCLUDE))
-    found = ds.groupby("key").map_groups(verify, fn_kwargs=dict(max_ber=d.max_ber, max_gap_s=d.max_length_gap_s,
-                                                                max_bucket=d.max_bucket),
-                                          batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    sides = [side(files, s) for files, s in ((new, INPUT), (excludes, EXCLUDE)) if files]
+    if not sides:
+        return empty
+    fresh = (sides[0].union(*sides[1:]) if len(sides) > 1 else sides[0]).materialize()
+    if not fresh.count():
+        return empty  # no new row (nor evaluation row) has an identity: nothing to compare
+    ds = fresh
+    if old:
+        refs = fresh.select_columns(["key"]).to_arrow_refs()  # object refs: the keys stay in the object store
+        ds = fresh.union(side(old, INPUT).map_batches(_in, fn_kwargs={"refs": refs}, batch_format="pyarrow",
+                                                      num_cpus=LIGHT_CPUS))
+    found = ds.materialize().groupby("key").map_groups(
+        verify, fn_kwargs=dict(max_ber=d.max_ber, max_gap_s=d.max_length_gap_s, max_bucket=d.max_bucket),
+        batch_format="pyarrow", num_cpus=LIGHT_CPUS)
     tables = [t for t in ray.get(found.to_arrow_refs()) if t.num_rows]
-    return pa.concat_tables(tables) if tables else verify(pa.table({c: [] for c in READS[:-1] + ["side"]}), 0, 0, 1)
+    return pa.concat_tables(tables) if tables else empty
 
 
 MARKED = ["source_manifest", "source_row", "duplicate_of", "contaminated_by"]
@@ -138,21 +158,26 @@ def assign(found: pa.Table, before: pa.Table | None = None) -> pa.Table:
     first = np.unique(index, return_index=True)[1]  # one row of `nodes` per node
     table = nodes.take(pa.array(first)).append_column("cluster", pa.array(labels[index[first]]))
     inputs = table.filter(pc.equal(table["side"], INPUT))
-    # Rank 0: kept by an earlier run (marked, no duplicate_of); 1: every other row. The lowest rank, then id.
-    leaders = (before.filter(pc.is_null(before["duplicate_of"])).select(["source_manifest", "source_row"])
-               if before is not None else pa.table({"source_manifest": pa.array([], pa.string()),
-                                                    "source_row": pa.array([], pa.int64())}))
-    leaders = leaders.append_column("rank", pa.array(np.zeros(leaders.num_rows, np.int8)))
-    ranked = inputs.join(leaders, ["source_manifest", "source_row"])
-    ranked = put(ranked, rank=pc.fill_null(ranked["rank"], 1))
-    kept = ranked.sort_by([("cluster", "ascending"), ("rank", "ascending"), ("id", "ascending"),
+    # Rank 0: what an earlier run kept: a row it kept (its own id), or the row an earlier copy points to
+    # (`duplicate_of`: that row may lie outside these edges, which hold only buckets with new rows). Rank 1:
+    # every new row. The lowest rank, then the lowest id, is the cluster's kept row.
+    before = before if before is not None else pa.table({c: pa.array([], t) for c, t in zip(
+        MARKED, (pa.string(), pa.int64(), pa.string(), pa.string()))})
+    ranked = inputs.join(before.select(["source_manifest", "source_row", "duplicate_of"]).append_column(
+        "rank", pa.array(np.zeros(before.num_rows, np.int8))), ["source_manifest", "source_row"])
+    copy = pc.is_valid(ranked["duplicate_of"])
+    ranked = put(ranked, rank=pc.fill_null(ranked["rank"], 1),
+                 kept_id=pc.if_else(copy, ranked["duplicate_of"], ranked["id"]),
+                 kept_manifest=pc.if_else(copy, pa.scalar(None, pa.string()), ranked["source_manifest"]),
+                 kept_row=pc.if_else(copy, pa.scalar(None, pa.int64()), ranked["source_row"]))
+    kept = ranked.sort_by([("cluster", "ascending"), ("rank", "ascending"), ("kept_id", "ascending"),
                            ("source_manifest", "ascending"), ("source_row", "ascending")])
     lead = np.r_[True, np.diff(kept["cluster"].to_numpy()) != 0] if kept.num_rows else np.zeros(0, bool)
-    kept = kept.filter(pa.array(lead)).select(["cluster", "source_manifest", "source_row", "id"]).rename_columns(
-        ["cluster", "kept_manifest", "kept_row", "kept_id"])
+    kept = kept.filter(pa.array(lead)).select(["cluster", "kept_manifest", "kept_row", "kept_id"])
     evaluation = table.filter(pc.equal(table["side"], EXCLUDE)).group_by("cluster").aggregate([("id", "min")])
     out = inputs.join(kept, "cluster").join(evaluation.rename_columns(["cluster", "contaminated_by"]), "cluster")
-    same = pc.and_(pc.equal(out["source_manifest"], out["kept_manifest"]), pc.equal(out["source_row"], out["kept_row"]))
+    same = pc.fill_null(pc.and_(pc.equal(out["source_manifest"], out["kept_manifest"]),
+                                pc.equal(out["source_row"], out["kept_row"])), False)
     return pa.table({"source_manifest": out["source_manifest"], "source_row": out["source_row"],
                      "duplicate_of": pc.if_else(same, pa.scalar(None, pa.string()), out["kept_id"]),
                      "contaminated_by": out["contaminated_by"]})

@@ -42,6 +42,13 @@ def test_a_row_kept_by_an_earlier_run_stays_kept_whatever_the_new_copy_s_id():
     assert {r["source_row"]: r["duplicate_of"] for r in assign(found).to_pylist()} == {0: None, 3: "a", 4: "a"}
 
 
+def test_a_new_copy_of_an_earlier_copy_points_to_the_row_kept_then():
+    # Only buckets with a new row are compared: "a" (new) meets "n" (an earlier copy of "m"), never "m" itself.
+    found = edges([(node(0, "a"), node(4, "n"))])
+    got = {r["source_row"]: r["duplicate_of"] for r in assign(found, before([(4, "m", None)])).to_pylist()}
+    assert got == {0: "m", 4: "m"}
+
+
 def test_a_new_evaluation_set_is_counted_against_rows_of_earlier_runs():
     found = edges([(node(3, "m"), node(4, "n")), (node(4, "n"), node(9, "eval-1", EXCLUDE, "eval.jsonl"))])
     earlier = before([(3, None, None), (4, "m", None)])
