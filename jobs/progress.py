@@ -11,12 +11,13 @@ Metrics view (Prometheus/Grafana) shows per job.
 """
 from __future__ import annotations
 
-import _thread
 import json
+import queue
 import sys
 import threading
 import time
 from collections import Counter, deque
+from typing import Iterator
 
 
 def duration(seconds: float) -> str:
@@ -30,10 +31,10 @@ class Stalled(RuntimeError):
 
 
 class Progress:
-    """Counts commits (a few numbers each, from the write stage) and says them now and then. With `stall_s`,
-    it interrupts the driver's wait when no commit came for that long (`stalled` says how long it was)."""
+    """Counts commits (a few numbers each, from the write stage) and says them now and then; `last` is the
+    time of the last commit."""
 
-    def __init__(self, rows_in: int, done: int, every_s: float, output: str, out=None, stall_s: float | None = None):
+    def __init__(self, rows_in: int, done: int, every_s: float, output: str, out=None):
         self.rows_in, self.start_done, self.every_s = rows_in, float(done), every_s
         self.done, self.output_rows, self.audio_s = float(done), 0, 0.0
         self.errors: Counter = Counter()
@@ -42,7 +43,7 @@ class Progress:
         self.out = out or (lambda line: print(line, file=sys.stdout, flush=True))
         self.lock, self.stopped = threading.Lock(), threading.Event()
         self.gauges = self._gauges(output)
-        self.stall_s, self.last, self.stalled = stall_s, self.t0, None
+        self.last = self.t0
         self.ticker = threading.Thread(target=self._tick, daemon=True)
         self.ticker.start()
 
@@ -88,17 +89,38 @@ class Progress:
                     f"audio {self.audio_s / 3600:.4f} h; ETA {duration(eta) if eta is not None else 'unknown'}")
 
     def _tick(self) -> None:
-        said = self.t0
-        while not self.stopped.wait(1.0):
-            now = time.time()
-            if now - said >= self.every_s:
-                self.out(self.line())
-                said = now
-            if self.stall_s is not None and now - self.last >= self.stall_s:
-                # The driver waits in Ray Data's iterator, which only an exception in its own thread ends.
-                self.stalled = now - self.last
-                _thread.interrupt_main()
+        while not self.stopped.wait(self.every_s):
+            self.out(self.line())
+
+    def watch(self, batches: Iterator, stall_s: float) -> Iterator:
+        """`batches` (Ray Data's iterator of the write stage's results), counted, until no commit came for
+        `stall_s` seconds: then Stalled. The iterator runs in a thread of its own, so that the driver's wait
+        always ends: a wait inside Ray's own calls may never see an interrupt."""
+        handed: queue.Queue = queue.Queue(maxsize=4)
+        end = object()
+
+        def pump():
+            try:
+                for batch in batches:
+                    handed.put(batch)
+                handed.put(end)
+            except BaseException as e:  # noqa: BLE001 - raised again in the driver's thread
+                handed.put(e)
+
+        threading.Thread(target=pump, daemon=True).start()
+        while True:
+            try:
+                item = handed.get(timeout=1.0)
+            except queue.Empty:
+                if time.time() - self.last >= stall_s:
+                    raise Stalled(f"no row committed for {time.time() - self.last:.0f} s (run.stall_s={stall_s:g})")
+                continue
+            if item is end:
                 return
+            if isinstance(item, BaseException):
+                raise item
+            self.add(item)
+            yield item
 
     def stop(self) -> None:
         """The last line, with the run's final figures."""

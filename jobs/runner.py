@@ -176,15 +176,12 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
                          committed=None if job.derived else ledger.partial(), derived=job.derived,
                          split_by=job.split_by)
-        tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output, stall_s=cfg.run.stall_s)
+        tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output)
         try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                tracker.add(batch)
-        except KeyboardInterrupt:
-            if tracker.stalled is None:
-                raise
-            raise Stalled(f"no row committed for {tracker.stalled:.0f} s (run.stall_s={cfg.run.stall_s:g}): "
-                          f"{waiting(cfg, job)}; the committed rows are kept and the same command resumes") from None
+            for _ in tracker.watch(ds.iter_batches(batch_format="pyarrow", batch_size=None), cfg.run.stall_s):
+                pass
+        except Stalled as e:
+            raise Stalled(f"{e}: {waiting(cfg, job)}; the committed rows are kept and the same command resumes") from None
         finally:
             tracker.stop()
         written = tracker.output_rows

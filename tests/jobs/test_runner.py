@@ -166,7 +166,7 @@ def test_a_job_whose_engine_no_node_can_host_stops_and_says_so(assets, tmp_path)
     proc = subprocess.run(CMD + ["--input", m, "--output", out, "engine.num_gpus=1", "run.stall_s=20"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
+    line = next((x for x in proc.stderr.splitlines() if x.startswith("stalled:")), proc.stderr[-2000:])
     assert re.match(r"stalled: no row committed for 2\d s \(run.stall_s=20\): no node can host the engine \(1 GPU, "
                     r"1 CPU\); the committed rows are kept and the same command resumes$", line), line
     wait_for(lambda: not pids("MapBatches"), 60)
