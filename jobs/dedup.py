@@ -114,7 +114,10 @@ def dedup(cfg, fresh: bool = False) -> dict:
     parts = {side: sorted(fs.glob(f"{root}/{side}/{ledger_mod.PART}*.parquet".replace("//", "/")))
              for side in (IDENTITY, EXCLUDE, "")}  # "": the rows marked on earlier runs
     index = f"{root}/{MARKED_PARTS}"
-    marked = set(json.load(fs.open(index, "r"))) if fs.exists(index) else set()
+    marked: set[str] = set()
+    if fs.exists(index):
+        with fs.open(index, "r") as f:
+            marked = set(json.load(f))
     old = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] in marked]
     new = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] not in marked]
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))

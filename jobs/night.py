@@ -91,7 +91,10 @@ class Record:
     def __init__(self, root: str):
         self.fs, self.root = output_fs(root)
         path = f"{self.root}/{RECORD}"
-        self.nights: list[dict] = json.load(self.fs.open(path, "r"))["nights"] if self.fs.exists(path) else []
+        self.nights: list[dict] = []
+        if self.fs.exists(path):
+            with self.fs.open(path, "r") as f:
+                self.nights = json.load(f)["nights"]
         if self.nights and self.nights[-1]["status"] != "ok":
             self.entry = self.nights[-1]  # the rerun of a failed (or killed) night goes on with it
             self.entry["attempts"] += 1
