@@ -136,7 +136,9 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-night-")
     os.makedirs(work, exist_ok=True)
-    ray.init(address="local", log_to_driver=False)
+    from jobs.runner import LOCAL
+
+    ray.init(address="local", log_to_driver=False, **LOCAL)  # the instance a job starts
     startup = engine_startup(work)
     print(f"engine start-up: {startup:.1f} s", flush=True)
     real(work, args.clips, startup)

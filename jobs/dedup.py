@@ -61,7 +61,7 @@ def marked(ds, cfg, spec, prompts, column, assignment):
     return ds.map_batches(cluster.mark, fn_kwargs={"assignment": assignment}, batch_format="pyarrow", num_cpus=0)
 
 
-IDENTIFY = runner.Job("audio_hash", identities, generates=False, checks=False, determines=("dedup",))
+IDENTIFY = runner.Job("audio_hash", identities, generates=False, checks=False, determines=("dedup",), reviewed=False)
 
 
 def kept(batch: pa.Table) -> pa.Table:
@@ -82,19 +82,32 @@ def keep_part(part: str, target: str) -> None:
     commit(table, target, f"{ledger_mod.PART}kept-{part.rsplit('/', 1)[-1][len(ledger_mod.PART):]}")
 
 
+def uri(output: str, path: str) -> str:
+    """A path of the output's filesystem (as fsspec lists it, without the protocol) as a URI."""
+    return output.split("://", 1)[0] + "://" + path if "://" in output else path
+
+
+def keep_parts(progress: pa.Table, output: str) -> pa.Table:
+    """Ray Data UDF after the marks' commits: the kept part of each marked part, in the same pass."""
+    for part in progress["file"].to_pylist():
+        keep_part(uri(output, part), f"{output.rstrip('/')}/{KEPT}")
+    return progress
+
+
 def write_kept(output: str) -> str:
     """kept/: the kept rows as manifest parquet (id, audio and the input's other columns), one part per marked
-    part, written once (Ray tasks): a part committed on an earlier night is never rewritten."""
+    part, written once: a part committed on an earlier night is never rewritten. The mark pass writes them
+    (`keep_parts`); here, as Ray tasks, only those a run stopped between the two commits left out."""
     import ray
 
     fs, root = ledger_mod.output_fs(output)
     target = f"{root}/{KEPT}"
     have = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{target}/{ledger_mod.PART}*.parquet")}
-    proto = output.split("://", 1)[0] + "://" if "://" in output else ""
-    todo = [proto + p for p in sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
+    todo = [uri(output, p) for p in sorted(fs.glob(f"{root}/{ledger_mod.PART}*.parquet"))
             if f"{ledger_mod.PART}kept-{p.rsplit('/', 1)[-1][len(ledger_mod.PART):]}" not in have]
-    task = ray.remote(num_cpus=LIGHT_CPUS)(keep_part)
-    ray.get([task.remote(p, f"{output.rstrip('/')}/{KEPT}") for p in todo])
+    if todo:
+        task = ray.remote(num_cpus=LIGHT_CPUS)(keep_part)
+        ray.get([task.remote(p, f"{output.rstrip('/')}/{KEPT}") for p in todo])
     return target
 
 
@@ -110,7 +123,6 @@ def dedup(cfg, fresh: bool = False) -> dict:
                                     IDENTIFY)["output_rows_this_run"]
     runner.run(cfg.model_copy(update={"output": f"{base}/{IDENTITY}"}), IDENTIFY)
     fs, root = ledger_mod.output_fs(base)
-    proto = base.split("://", 1)[0] + "://" if "://" in base else ""
     parts = {side: sorted(fs.glob(f"{root}/{side}/{ledger_mod.PART}*.parquet".replace("//", "/")))
              for side in (IDENTITY, EXCLUDE, "")}  # "": the rows marked on earlier runs
     index = f"{root}/{MARKED_PARTS}"
@@ -129,7 +141,7 @@ def dedup(cfg, fresh: bool = False) -> dict:
               "rows marked on earlier runs copy them and are not re-marked (their rows stay as committed; --fresh "
               "marks every row again)", flush=True)
     # Marks resume like any derived job: only identity rows not marked yet are marked now.
-    summary = runner.run(cfg.model_copy(update={"input": f"{proto}{root}/{IDENTITY}", "output": base}), JOB,
+    summary = runner.run(cfg.model_copy(update={"input": uri(base, f"{root}/{IDENTITY}"), "output": base}), JOB,
                          build_args={"assignment": assignment})
     if summary["rows_out"] == summary["rows_in"]:  # every identity part marked whole: the next run compares
         with fs.open(index, "w") as f:             # only what comes after them
@@ -144,7 +156,7 @@ def dry_run(cfg) -> int:
 
 
 JOB = runner.Job("duplicate_of", marked, derived=True, generates=False, checks=False, determines=("dedup",),
-                 runs=dedup, dry=dry_run, feeds=KEPT)
+                 runs=dedup, dry=dry_run, feeds=KEPT, after_commit=keep_parts)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from jobs.progress import Progress, Stalled
 from operators import config as config_mod
 from operators import ledger as ledger_mod
 from operators import quality, read, score, write
+from operators.stage import LIGHT_CPUS
 from operators.storage import StorageFailure
 
 
@@ -49,6 +50,11 @@ class Job:
     dry: Callable | None = None
     # The folder in its output that a next job reads (dedup: `kept`); "" for the output itself.
     feeds: str = ""
+    # Ray Data UDF (progress batch, output) -> progress batch, run on each batch of parts just committed, in the
+    # same pass: what the job derives from its parts one by one (dedup: the kept manifest's part of each).
+    after_commit: Callable | None = None
+    # Writes a review page: not a pass inside a job (dedup's identities), whose job's own page is the one read.
+    reviewed: bool = True
 
     def start(self, cfg, fresh: bool = False) -> dict:
         return self.runs(cfg, fresh) if self.runs else run(cfg, self, fresh)
@@ -131,8 +137,15 @@ def start_ray(cfg) -> None:
     env = config_mod.storage_env(cfg)
     # A cluster only when RAY_ADDRESS names one (`ray job submit` sets it; `RAY_ADDRESS=auto` joins the
     # node's cluster). Otherwise a fresh local instance: never a stale cluster a crashed `ray start` left.
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), ignore_reinit_error=True, log_to_driver=False,
-             runtime_env={"env_vars": env} if env else None)
+    address = os.environ.get("RAY_ADDRESS", "local")
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": env} if env else None, **(LOCAL if address == "local" else {}))
+
+
+# A local instance keeps as many idle workers as light tasks can run at once. Ray keeps one per CPU and stops
+# the rest after a second idle, so on a small box every pass of a job (a night has many) started and imported
+# its worker processes again: seconds each, more than the pass's work.
+LOCAL = {"_system_config": {"num_workers_soft_limit": int((os.cpu_count() or 1) / LIGHT_CPUS)}}
 
 
 def planned(cfg, manifests: list[str], ledger) -> tuple:
@@ -176,6 +189,8 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
                          committed=None if job.derived else ledger.partial(), derived=job.derived,
                          split_by=job.split_by)
+        if job.after_commit:
+            ds = ds.map_batches(job.after_commit, fn_kwargs={"output": cfg.output}, batch_format="pyarrow", num_cpus=0)
         tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output)
         try:
             for _ in tracker.watch(ds.iter_batches(batch_format="pyarrow", batch_size=None), cfg.run.stall_s):
@@ -197,7 +212,8 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
     # This run's tokens only: a resume's earlier rows took no time now.
     summary["output_tokens_per_s"] = round(summary.pop("output_tokens_this_run") / wall, 2)
     ledger.write_summary(summary)
-    report_mod.draw(ledger, summary)
+    if job.reviewed:
+        report_mod.draw(ledger, summary)
     ledger.mark_success()
     return summary
 

@@ -77,6 +77,28 @@ def _in(batch: pa.Table, refs: list) -> pa.Table:
     return batch.join(keys.group_by("key").aggregate([]), "key", join_type="left semi")
 
 
+def identified(parts: list[str], filesystem) -> list[str]:
+    """The parts holding a row with an identity, told by their footers (the audio hash column's null count,
+    read READERS at once): parts of bad audio only are never read, and a night whose new rows have none
+    starts no Ray Data pass to find that out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from operators.ledger import READERS
+
+    def some(part: str) -> bool:
+        meta = pq.ParquetFile(part, filesystem=filesystem).metadata
+        col = meta.schema.names.index("audio_hash")
+        stats = [meta.row_group(g).column(col).statistics for g in range(meta.num_row_groups)]
+        # No statistics (another writer): read it.
+        return any(s is None or not s.has_null_count or s.null_count < meta.row_group(g).num_rows
+                   for g, s in enumerate(stats))
+
+    with ThreadPoolExecutor(READERS) as pool:
+        return [p for p, yes in zip(parts, pool.map(some, parts)) if yes]
+
+
 def edges(new: list[str], old: list[str], excludes: list[str], cfg, filesystem) -> pa.Table:
     """The copy edges of the identity parts `new` with each other, with the parts `old` (identities an earlier
     run marked) and with the evaluation parts `excludes`, found on Ray. Only buckets that hold a new row (or an
@@ -92,7 +114,7 @@ def edges(new: list[str], old: list[str], excludes: list[str], cfg, filesystem) 
         return ray.data.read_parquet(files, columns=READS, filesystem=filesystem).map_batches(
             keyed, fn_kwargs=dict(side=s, **kw), batch_format="pyarrow", num_cpus=LIGHT_CPUS)
 
-    sides = [side(files, s) for files, s in ((new, INPUT), (excludes, EXCLUDE)) if files]
+    sides = [side(files, s) for files, s in ((identified(new, filesystem), INPUT), (excludes, EXCLUDE)) if files]
     if not sides:
         return empty
     fresh = (sides[0].union(*sides[1:]) if len(sides) > 1 else sides[0]).materialize()

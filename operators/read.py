@@ -1,8 +1,8 @@
 """Read manifests (jsonl or parquet; local paths, globs, lists, or any fsspec URI), one row per manifest row:
 its audio items (paths, URIs or inline bytes) and, for question answering, its conversation as chat messages.
 
-The driver only lists manifest files. Ray tasks index each file once (row counts and where each chunk
-of rows starts), then read tasks parse one chunk each, so a large manifest never sits in the driver and
+The driver lists manifest files and indexes each once in its reader threads (row counts and where each
+chunk of rows starts: arrays, never rows), then Ray read tasks parse one chunk each, so a large manifest never sits in the driver and
 its rows flow through the pipeline in small blocks. A line that is not JSON, lacks audio or holds a
 conversation that cannot be answered becomes an error row instead of failing the read.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators import conversation
-from operators.stage import LIGHT_CPUS, put
+from operators.stage import put
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 WRITES = ("id", "audio", "audio_uris", "audio_bytes", "chat", "error", "source_manifest", "source_row")
@@ -248,7 +248,7 @@ def _scan(buf: bytes, first_line: int, base: int, grain: int, offsets: list, non
 
 
 def index(manifest: str, grain: int) -> dict:
-    """One pass over a manifest (run as a Ray task, one per manifest): its line count, the byte offset of
+    """One pass over a manifest (in one of the driver's reader threads): its line count, the byte offset of
     every `grain`-th line and the number of rows (non-blank lines) in each run of `grain` lines, as numpy
     arrays. The driver groups grains into read chunks of any multiple of `grain` without reading again.
 
@@ -309,13 +309,17 @@ def plan(manifests: list[str], grain: int, blocks: int, max_rows: int,
          done: dict[str, np.ndarray]) -> tuple[pa.Table, int, int]:
     """Read tasks for the manifests, less what is done: (chunks, rows in, rows per chunk).
 
-    Manifests are indexed in parallel as Ray tasks. Chunks hold about rows_in / `blocks` rows, between
+    Manifests are indexed in driver threads, READERS at once, as the ledger reads parts: the work is I/O (a
+    parquet footer, a jsonl scanned by numpy without the GIL), and Ray tasks would start and import worker
+    processes for it, seconds on a small box before any real work. Chunks hold about rows_in / `blocks` rows, between
     `grain` and `max_rows`: enough blocks to keep every decode actor busy, few enough that Ray's per-task
     overhead stays bounded at millions of rows (10M rows in 16-row chunks would be 625k tasks)."""
-    import ray
+    from concurrent.futures import ThreadPoolExecutor
 
-    task = ray.remote(num_cpus=LIGHT_CPUS)(index)
-    indexed = ray.get([task.remote(m, grain) for m in manifests])
+    from operators.ledger import READERS
+
+    with ThreadPoolExecutor(READERS) as pool:
+        indexed = list(pool.map(lambda m: index(m, grain), manifests))
     rows_in = int(sum(int(i["rows"].sum()) for i in indexed))
     target = min(max(-(-rows_in // max(blocks, 1)), grain), max(max_rows, grain))
     grains = max(target // grain, 1)

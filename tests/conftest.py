@@ -67,7 +67,9 @@ def s3_server():
 def ray_local():
     import ray
 
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    from jobs.runner import LOCAL
+
+    ray.init(address="local", ignore_reinit_error=True, log_to_driver=False, **LOCAL)  # as a job's own instance
     yield ray
     ray.shutdown()
 
