@@ -38,6 +38,7 @@ class Progress:
         self.rows_in, self.start_done, self.every_s = rows_in, float(done), every_s
         self.done, self.output_rows, self.audio_s = float(done), 0, 0.0
         self.errors: Counter = Counter()
+        self.events: set[str] = set()
         self.t0 = time.time()
         self.recent = deque([(self.t0, self.done)])  # (time, done) over the last interval
         self.out = out or (lambda line: print(line, file=sys.stdout, flush=True))
@@ -66,6 +67,11 @@ class Progress:
             self.audio_s += float(sum(batch["audio_s"].to_pylist()))
             for errors in batch["errors"].to_pylist():
                 self.errors.update(json.loads(errors))
+            for events in batch["events"].to_pylist():
+                for event in json.loads(events):
+                    if event not in self.events:  # said once, when its first row is committed
+                        self.events.add(event)
+                        self.out(f"event: {event}")
 
     def line(self) -> str:
         with self.lock:

@@ -155,8 +155,12 @@ class EngineCfg(_Strict):
     dtype: str = "auto"
     max_num_seqs: int | None = Field(None, ge=1)
     seed: int = 0
-    # Times a row is retried on a fresh engine after the engine died under it.
+    # Times a row is retried on a fresh engine after the engine died or stalled under it.
     max_retries: int = Field(2, ge=0)
+    # Seconds an engine may hold requests without finishing any before it is killed and replaced (its rows
+    # retried as for a dead engine). Unset: 300 + sampling.max_tokens (1 s a token of the longest generation),
+    # at most half of run.stall_s.
+    stall_s: float | None = Field(None, gt=0)
     env: dict[str, str] = Field(default_factory=dict)  # environment of the engine actors
     args: dict[str, Any] = Field(default_factory=dict)  # further vLLM engine arguments, passed as is
 
@@ -439,11 +443,23 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
                           "(or quality.select=fewest_flags)")
     if not cfg.quality.enabled and s.n > 1:
         raise ConfigError("sampling.n > 1 needs quality.enabled=true: the quality stage keeps the best candidate")
+    if engine_stall_s(cfg) >= cfg.run.stall_s:
+        raise ConfigError(f"engine.stall_s: {cfg.engine.stall_s:g} s is not below run.stall_s={cfg.run.stall_s:g}: a "
+                          "stalled engine must be replaced before the run gives up; lower engine.stall_s or raise "
+                          "run.stall_s")
     if cfg.model is not None:
         spec = model_spec(cfg)
         check_windows(cfg, spec)
         check_prompts(cfg, spec)
     return cfg
+
+
+def engine_stall_s(cfg: JobCfg) -> float:
+    """`engine.stall_s`, or unset: 300 s plus 1 s a token of `sampling.max_tokens` (a request's longest
+    generation at a rate far below any GPU's, and this project's CPU tests'), at most half of `run.stall_s`."""
+    if cfg.engine.stall_s is not None:
+        return cfg.engine.stall_s
+    return min(300.0 + cfg.sampling.max_tokens, cfg.run.stall_s / 2)
 
 
 def model_spec(cfg: JobCfg):

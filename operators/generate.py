@@ -6,6 +6,8 @@ scheduler always has work queued while Ray hands over the next batch. Errors are
 
 A dead engine (its engine-core process killed, out of memory, crashed) is replaced in place and the rows
 it held are retried, up to `engine.max_retries` times each; a row that still fails becomes an error row.
+So is a stalled one (a wedged GPU, a hung collective: alive, but nothing comes back): when requests are in
+flight and none has finished for `engine.stall_s`, its processes are killed and it is replaced likewise.
 If the actor process itself dies, Ray Data restarts the actor and retries its batches (its actor pools
 default to unlimited restarts and task retries); nothing was written for those rows yet, so none is
 lost or doubled.
@@ -16,9 +18,12 @@ import asyncio
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
+import weakref
 from typing import Any
 
 import pyarrow as pa
@@ -78,6 +83,29 @@ def outlive_guard() -> subprocess.Popen | None:
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def kill_engine(spare: subprocess.Popen | None) -> list[int]:
+    """SIGKILL every process this actor started but the watchdog `spare`: a stalled engine's core and workers,
+    which no shutdown reaches (a stopped process answers nothing but SIGKILL). Returns their pids."""
+    import psutil
+
+    killed = []
+    for child in psutil.Process().children(recursive=True):
+        if spare is None or child.pid != spare.pid:
+            try:
+                child.send_signal(signal.SIGKILL)
+                killed.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+    return killed
+
+
+def ray_node() -> str:
+    """This actor's node, as Ray names it (its IP address)."""
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
 def sampling_args(cfg) -> dict[str, Any]:
     return cfg.sampling.model_dump(exclude_none=True)
 
@@ -85,7 +113,7 @@ def sampling_args(cfg) -> dict[str, Any]:
 class Generate(Stage):
     reads = ("prompt_text", "waveform", "audio_uris")
     # plus the job's output column; with sampling.n > 1 every candidate in `candidates` and `finish_reasons`
-    writes = ("prompt_tokens", "output_tokens", "finish_reason", "error")
+    writes = ("prompt_tokens", "output_tokens", "finish_reason", "error", "warning")
 
     def setup(self) -> None:
         import vllm
@@ -96,11 +124,18 @@ class Generate(Stage):
         self.column: str = self.cfg["column"]
         self.rate: int = self.cfg["sample_rate"]
         self.max_retries: int = self.cfg["max_retries"]
+        self.stall_s: float = self.cfg["stall_s"]
+        # Requests in flight (their tasks) and the engine each runs on; when one last finished or work began.
+        self.inflight: dict[asyncio.Task, Any] = {}
+        self.moved_at = time.monotonic()
+        self.stalled = weakref.WeakSet()  # the engines found stalled (while a request still holds one)
+        self.watcher: asyncio.Task | None = None
         # FINAL_ONLY: one output per request, with all `n` candidates (streamed outputs carry one each).
         self.sampling = vllm.SamplingParams(**self.cfg["sampling"],
                                             output_kind=vllm.sampling_params.RequestOutputKind.FINAL_ONLY)
         self.several = self.sampling.n > 1
         self.guard = outlive_guard()
+        self.node = ray_node()
         self.engine = self._start()
         self.restart_lock = asyncio.Lock()
 
@@ -123,56 +158,117 @@ class Generate(Stage):
                 except Exception:  # noqa: BLE001 - it is dead already; only its leftovers are at stake
                     pass
                 self.engine = await asyncio.to_thread(self._start)
+                self.moved_at = time.monotonic()  # the new engine's stall clock starts now
 
-    async def _one(self, prompt: str, clips) -> tuple[list[str], list[str], int, int]:
-        """(texts, finish reasons) of the request's candidates, prompt tokens, tokens generated."""
+    async def _watch(self) -> None:
+        """Kill the engine when requests are in flight and none has finished for `stall_s`; the requests it
+        held are cancelled, and `_one` retries them on a new engine as for a dead one."""
+        while True:
+            await asyncio.sleep(min(self.stall_s / 4, 5.0))
+            for task, held_by in list(self.inflight.items()):
+                if held_by in self.stalled:  # sent to it between its detection and its replacement
+                    task.cancel()
+            engine = self.engine
+            if self.restart_lock.locked():
+                continue  # a new engine is starting: not a stall
+            held = [t for t, e in self.inflight.items() if e is engine]
+            if held and engine not in self.stalled and time.monotonic() - self.moved_at > self.stall_s:
+                self.stalled.add(engine)
+                pids = kill_engine(self.guard)
+                log.error("vLLM engine stalled: %d requests in flight and none finished for %g s (engine.stall_s); "
+                          "killed its processes %s, starting a new one and retrying its rows", len(held), self.stall_s, pids)
+                for task in held:
+                    task.cancel()
+
+    async def _generate(self, engine, request):
+        final = None
+        async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
+            final = out
+        return final
+
+    async def _one(self, prompt: str, clips) -> tuple[list[str], list[str], int, int, str | None]:
+        """(texts, finish reasons) of the request's candidates, prompt tokens, tokens generated, and a warning
+        when engines were lost under it (which, and how: the driver's log says it)."""
         request = {"prompt": prompt, "multi_modal_data": {"audio": [(c, self.rate) for c in clips]}}
+        lost: list[str] = []
         for attempt in itertools.count():
-            engine, final = self.engine, None
+            if self.restart_lock.locked() or self.engine in self.stalled:
+                await self._restart(self.engine)  # being replaced (or about to be): wait for the new one
+            engine = self.engine
+            if not self.inflight:
+                self.moved_at = time.monotonic()  # an idle engine is not a stalled one
+            task = asyncio.ensure_future(self._generate(engine, request))
+            self.inflight[task] = engine
             try:
-                async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
-                    final = out
+                final = await task
+                self.moved_at = time.monotonic()
                 outs = sorted(final.outputs, key=lambda o: o.index)
                 return ([o.text.strip() for o in outs], [o.finish_reason for o in outs], len(final.prompt_token_ids),
-                        sum(len(o.token_ids) for o in outs))
-            except self.fatal:
+                        sum(len(o.token_ids) for o in outs), "; ".join(lost) or None)
+            except (*self.fatal, asyncio.CancelledError) as e:
+                self.inflight.pop(task, None)  # not held while its engine is replaced
+                stalled = engine in self.stalled
+                if isinstance(e, asyncio.CancelledError) and (not stalled or asyncio.current_task().cancelling()):
+                    raise  # cancelled from outside, not by the watch
+                how = "stalled" if stalled else "dead"
                 if attempt == self.max_retries:
-                    raise
+                    raise EngineLost(how, attempt + 1, e) from None
+                lost.append(f"generate/engine_{how}: engine actor pid {os.getpid()} on {self.node}: its engine "
+                            f"{'stalled' if stalled else 'died'} and was replaced, the rows it held retried")
                 await self._restart(engine)
+            finally:
+                self.inflight.pop(task, None)
 
     async def _safe(self, prompt: str, clips, err: str | None, uris: list[str]):
         if err is not None:
-            return None, None, None, None, err
+            return None, None, None, None, None, err
         try:
-            texts, reasons, n_in, n_out = await self._one(prompt, clips)
-            return texts, reasons, n_in, n_out, None
-        except self.fatal as e:
-            kind, why = "engine_dead", f"engine died {self.max_retries + 1} times on this row: {e}"
+            return *(await self._one(prompt, clips)), None
+        except EngineLost as e:
+            kind, why = f"engine_{e.how}", str(e)
         except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
             kind = "too_long" if "maximum model length" in str(e) else "engine"
             why = f"{type(e).__name__}: {e}"
-        return None, None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
+        return None, None, None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.watcher is None:  # the actor's event loop runs only from its first call
+            self.watcher = asyncio.ensure_future(self._watch())
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
                    errors(batch), batch.column("audio_uris").to_pylist())
         results = await asyncio.gather(*(self._safe(*row) for row in rows))
-        texts, reasons, n_in, n_out, errs = (list(c) for c in zip(*results)) if results else ([], [], [], [], [])
+        texts, reasons, n_in, n_out, lost, errs = (list(c) for c in zip(*results)) if results else ([],) * 6
         out = put(batch, **{self.column: pa.array([t and t[0] for t in texts], pa.string())},
                   finish_reason=pa.array([r and r[0] for r in reasons], pa.string()),
                   prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
                   error=pa.array(errs, pa.string()))
+        if any(lost):  # after decode's own warning, if any
+            had = batch.column("warning").to_pylist() if "warning" in batch.column_names else [None] * len(lost)
+            out = put(out, warning=pa.array(["; ".join(w for w in pair if w) or None for pair in zip(had, lost)],
+                                            pa.string()))
         if self.several:  # the quality stage keeps the best as the row's text and the rest as candidates
             out = put(out, candidates=pa.array(texts, pa.list_(pa.string())),
                       finish_reasons=pa.array(reasons, pa.list_(pa.string())))
         return out
 
 
+class EngineLost(Exception):
+    """A row's engine died or stalled under it more than engine.max_retries times."""
+
+    def __init__(self, how: str, times: int, last: BaseException):
+        self.how = how
+        super().__init__(f"engine {'died' if how == 'dead' else how} {times} times on this row"
+                         + (f": {last}" if str(last) else ""))
+
+
 def apply(ds, cfg, spec: ModelSpec, column: str):
+    from operators.config import engine_stall_s
+
     return ds.map_batches(
         Generate,
         fn_constructor_kwargs=dict(column=column, sample_rate=spec.sample_rate, sampling=sampling_args(cfg),
-                                   engine_args=engine_args(cfg, spec), max_retries=cfg.engine.max_retries),
+                                   engine_args=engine_args(cfg, spec), max_retries=cfg.engine.max_retries,
+                                   stall_s=engine_stall_s(cfg)),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(cfg.engine.replicas, cfg.engine.max_inflight_batches),

@@ -7,15 +7,15 @@ half-written input row that are committed already, so of such a row only what is
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.ledger import DERIVED, PART, UNIT
+from operators.ledger import DERIVED, INPUT, PART, UNIT
 from operators.stage import put
 
 DROP = ("waveform", "prompt_text", "audio_bytes", "audio_uris", "chat")
@@ -77,6 +77,14 @@ def drop_committed(batch: pa.Table, committed: pa.Table) -> pa.Table:
     return batch.filter(mask)
 
 
+def digest(table: pa.Table, derived: bool) -> str:
+    """A batch's name: a hash of its rows' keys. Ray runs a task again to rebuild outputs a lost node held,
+    and a write task run again must overwrite its own file (same rows, same name), never commit its rows twice."""
+    keys = table.select(INPUT if derived else UNIT)
+    keys = keys.sort_by([(c, "ascending") for c in keys.column_names])
+    return hashlib.sha1(repr(keys.to_pydict()).encode()).hexdigest()[:12]
+
+
 def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table | None = None,
                 derived: bool = False, split_by: str | None = None, **provenance) -> pa.Table:
     """Ray Data UDF: finalize one batch, commit it as one file, return what was written. Rows already
@@ -92,7 +100,7 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **DERIVED})
     else:
         table = finalize(batch, run_id=run_id, **provenance)
-    name = f"{PART}{run_id}-{uuid.uuid4().hex[:12]}"
+    name = f"{PART}{run_id}-{digest(table, derived)}"
     if split_by is None:
         return progress(table, [commit(table, output, f"{name}.parquet")], [table.num_rows])
     files, rows = [], []
@@ -104,13 +112,16 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
 
 
 PROGRESS = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("inputs", pa.float64()), ("errors", pa.string()),
-                      ("audio_s", pa.float64())])
+                      ("audio_s", pa.float64()), ("events", pa.string())])
+# Warnings that tell of the run rather than of a row (an engine lost and replaced): the driver says each once.
+EVENTS = "generate/"
 
 
 def progress(table: pa.Table, files: list[str], rows: list[int]) -> pa.Table:
     """What the driver learns of a commit, for its progress lines: the files and their rows, and on the first
     file the batch's input rows done (an output row is 1/(windows x prompts) of one, a derived job's row one),
-    errors by kind and seconds of audio (each window once). A few numbers per file, never a row."""
+    errors by kind, seconds of audio (each window once) and the distinct EVENTS warnings. A few numbers per
+    file, never a row."""
     if not files:
         return PROGRESS.empty_table()
     names = set(table.column_names)
@@ -125,10 +136,14 @@ def progress(table: pa.Table, files: list[str], rows: list[int]) -> pa.Table:
     ok = table.filter(pc.is_null(table["error"])) if "error" in names else table
     audio = (pc.sum(pc.multiply(pc.subtract(ok["segment_end_s"], ok["segment_start_s"]), ok["_once"])).as_py()
              if {"segment_start_s", "segment_end_s"} <= names else 0.0)
+    warned = pc.split_pattern(table["warning"].drop_null(), "; ") if "warning" in names else pa.array([], pa.list_(pa.string()))
+    warned = pc.list_flatten(warned)
+    events = pc.unique(warned.filter(pc.starts_with(warned, EVENTS))).to_pylist()
     rest = [0.0] * (len(files) - 1)
     return pa.table({"file": files, "rows": rows, "inputs": [pc.sum(share).as_py() or 0.0, *rest],
                      "errors": [json.dumps({k["values"]: k["counts"] for k in kinds}), *["{}"] * len(rest)],
-                     "audio_s": [audio or 0.0, *rest]}, schema=PROGRESS)
+                     "audio_s": [audio or 0.0, *rest], "events": [json.dumps(events), *["[]"] * len(rest)]},
+                    schema=PROGRESS)
 
 
 def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False,

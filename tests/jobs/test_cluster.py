@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import re
 import time
 
 import pyarrow.parquet as pq
@@ -73,24 +74,44 @@ def cluster(tmp_path_factory):
             os.remove(current)
 
 
-def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
+def test_ray_job_submit_reads_and_writes_s3_through_a_flaky_store(s3, cluster, assets):
+    """The job talks to S3 through the fault proxy (tests/s3faults.py): 20 % SlowDown and 10 % InternalError
+    after the store did the request from the start (the output check, listings, manifests, audio), then
+    25 % and 3 % from the first commit on. Every row once, no storage error in any row."""
+    from tests.s3faults import FaultProxy
+
+    proxy = FaultProxy(s3["endpoint"], slow_down=0.2, internal=0.1, seed=11)
     # Ray 2.60 heads enable token auth; the CLI sends the head's token (~/.ray/auth_token) in token mode.
     env = {**os.environ, **s3["env"], "RAY_ADDRESS": cluster, "RAY_AUTH_MODE": "token"}
     env.pop("AWS_ENDPOINT_URL_S3")  # the job gets its endpoint from the config, as a user would set it
     cmd = [os.path.join(BIN, "ray"), "job", "submit", "--working-dir", ".", "--",
            "python", "-m", "jobs.caption", "--config", "configs/caption-demo.yaml",
            "--input", "s3://earmark/manifests/*.jsonl", "--output", "s3://earmark/out/",
-           f"storage.endpoint_url={s3['endpoint']}", f"model.path={assets['model']}", "sampling.max_tokens=8"]
-    for _ in range(30):  # the head's job agent comes up a little after its dashboard answers
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        logs = proc.stdout + proc.stderr
-        if "No available agent to submit job" not in logs:
-            break
-        time.sleep(2)
+           f"storage.endpoint_url={proxy.url}", f"model.path={assets['model']}", "sampling.max_tokens=8",
+           "write.rows_per_file=2", "engine.batch_size=2", "decode.batch_size=2"]
+    fs = s3["fs"]
+    try:
+        for _ in range(30):  # the head's job agent comes up a little after its dashboard answers
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            while proc.poll() is None and not fs.glob("earmark/out/part-*.parquet"):
+                time.sleep(0.2)
+                fs.invalidate_cache()
+            before = dict(proxy.counts)
+            proxy.set(slow_down=0.25, internal=0.03)
+            logs = proc.communicate(timeout=900)[0]
+            if "No available agent to submit job" not in logs:
+                break
+            proxy.set(slow_down=0.2, internal=0.1)
+            time.sleep(2)
+        after = {k: proxy.counts[k] - before.get(k, 0) for k in proxy.counts}
+    finally:
+        proxy.stop()
     assert proc.returncode == 0, logs[-4000:]
     assert "succeeded" in logs.lower()
     assert SECRET not in logs
-    fs = s3["fs"]
+    assert before.get("slow_down", 0) >= 5 and before.get("internal", 0) >= 2, before  # faults before the commit
+    assert after.get("slow_down", 0) >= 5 and after.get("internal", 0) >= 1, after  # and after it
+    fs.invalidate_cache()
     fs.invalidate_cache()
     assert fs.exists("earmark/out/_SUCCESS")
     summary = json.loads(fs.cat("earmark/out/_summary.json"))
@@ -103,3 +124,55 @@ def test_ray_job_submit_reads_and_writes_s3(s3, cluster, assets):
     missing = next(r for r in rows if r["id"] == "missing")
     assert missing["error"] == "decode/missing: s3://earmark/audio/missing.wav: no such file"
     assert not any(SECRET in json.dumps(r, default=str) for r in rows)
+
+
+def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_node(assets, tmp_path):
+    """A head without CPUs and one worker node with the work (ray.cluster_utils: raylets on this box). The node
+    is removed without grace mid-run and a new one joins 5 s later: the job goes on. The new node is removed
+    and none joins: the job stops within run.stall_s, exit 1, saying what it waits for. A node joins and the
+    same command resumes: every row once."""
+    from ray.cluster_utils import Cluster
+
+    from tests.jobs.test_runner import CMD, SMALL, manifest, parts, rows, wait_for
+
+    n = 45
+    m, out = manifest(tmp_path, n), str(tmp_path / "out")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    # Longer answers than SMALL's, so that rows are left for the second loss.
+    cmd = CMD + ["--input", m, "--output", out, *SMALL, "run.stall_s=90", "sampling.max_tokens=160",
+                 "sampling.min_tokens=160"]
+    try:
+        node = cluster.add_node(num_cpus=4)
+        with open(tmp_path / "run.log", "w") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: len(parts(out)) >= 2, 600, proc)
+                cluster.remove_node(node, allow_graceful=False)
+                time.sleep(5)
+                node = cluster.add_node(num_cpus=4)
+                seen = len(parts(out))
+                wait_for(lambda: len(parts(out)) > seen + 1, 600, proc)  # the replacement took over
+                cluster.remove_node(node, allow_graceful=False)
+                lost = time.time()
+                code = proc.wait(timeout=300)
+                waited = time.time() - lost
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        text = open(tmp_path / "run.log").read()
+        assert code == 1, text[-3000:]
+        assert re.search(r"^stalled: no row committed for 9\d s \(run.stall_s=90\): no node can host the decode actors "
+                         r"\(0.5 CPU\); the committed rows are kept and the same command resumes$", text, re.M), text[-3000:]
+        assert waited < 90 + 60, waited  # bounded: the stall limit and a poll, not forever
+        committed = len(rows(out))
+        assert 0 < committed < n
+        cluster.add_node(num_cpus=4)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert f"rows in {n}  rows out {n}" in proc.stdout and f"resumed {committed}" in proc.stdout
+    finally:
+        cluster.shutdown()
+    final = rows(out)
+    assert sorted(r["id"] for r in final) == sorted(f"c{i}" for i in range(n))  # every row once
+    assert all(r["error"] is None and r["caption"] for r in final)

@@ -63,24 +63,33 @@ def kill_all(pattern):
             pass
 
 
-def start(m, out, log):
-    return subprocess.Popen(CMD + ["--input", m, "--output", out, *SMALL], stdout=log, stderr=subprocess.STDOUT,
+def start(m, out, log, *extra):
+    return subprocess.Popen(CMD + ["--input", m, "--output", out, *SMALL, *extra], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
+def test_engine_killed_stalled_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
     n = 60
     m, out = manifest(tmp_path, n), str(tmp_path / "out")
     with open(tmp_path / "run.log", "w") as log:
-        proc = start(m, out, log)
+        # Longer answers than SMALL's: rows must be left for each fault after the engine before it came back.
+        proc = start(m, out, log, "engine.stall_s=15", "sampling.max_tokens=160", "sampling.min_tokens=160")
+
+        def said(event):  # the driver says it when the first row retried on the new engine is committed
+            return lambda: f"event: generate/{event}" in open(tmp_path / "run.log").read()
+
         try:
             wait_for(lambda: len(parts(out)) >= 1, 600, proc)
             engines = pids("EngineCore")
             assert engines, "no vLLM engine-core process found"
             for pid in engines:
                 os.kill(pid, signal.SIGKILL)  # the engine dies under the actor: replaced in place
-            seen = len(parts(out))
-            wait_for(lambda: len(parts(out)) > seen, 600, proc)
+            wait_for(said("engine_dead"), 600, proc)
+            stopped = pids("EngineCore")
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)  # alive but answering nothing, as a wedged GPU looks: replaced
+            wait_for(lambda: not set(pids("EngineCore")) & set(stopped), 120, proc)
+            wait_for(said("engine_stalled"), 600, proc)
             actors = pids("MapBatches\\(Generate\\)")
             assert actors, "no engine actor process found"
             for pid in actors:
@@ -96,6 +105,12 @@ def test_engine_and_its_actor_killed_mid_run_job_completes(assets, tmp_path):
     assert all(r["error"] is None and r["caption"] is not None for r in final)
     log = open(tmp_path / "run.log").read()
     assert f"rows in {n}  rows out {n}" in log
+    # The driver's log says which engine was lost and how, once each; the rows it held say so too.
+    for how, did in (("dead", "died"), ("stalled", "stalled")):
+        said = re.findall(rf"^event: generate/engine_{how}: engine actor pid \d+ on [\d.]+: its engine {did} and was "
+                          r"replaced, the rows it held retried$", log, re.M)
+        assert len(said) == 1, log[-3000:]
+        assert any(said[0][len("event: "):] in (r["warning"] or "") for r in final)
     # The progress lines of a piped run, against the parquet: counts only grow, the last one is the whole run.
     lines = PROGRESS.findall(log)
     assert len(lines) >= 3, log[-3000:]
