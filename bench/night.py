@@ -10,7 +10,7 @@ before any timing, so its start-up is in neither).
       no engine request), night 2 with 10 % new rows; dedup alone, and caption -> quality -> export.
       Target: night 2 <= 0.25x night 1.
 
-    .venv/bin/python bench/night.py [--clips 40] [--rows 100000] [--work DIR]
+    .venv/bin/python bench/night.py [--clips 40] [--rows 100000] [--work DIR] [--parts real,dedup,generate]
 """
 from __future__ import annotations
 
@@ -98,14 +98,18 @@ def real(work: str, clips: int, startup: float) -> None:
           f"{walls[1] - startup:.1f} s: {(walls[1] - startup) / (walls[0] - startup):.2f}x")
 
 
-def bookkeeping(work: str, rows: int, startup: float) -> None:
+RECIPES = {"dedup": ["dedup"], "generate": ["caption", "quality", "export"]}
+
+
+def bookkeeping(work: str, rows: int, startup: float, recipes: list[str]) -> None:
     folder = os.path.join(work, "missing")
     os.makedirs(folder, exist_ok=True)
     shards = -(-rows // SHARD)
     for k in range(shards + max(shards // 10, 1)):
         with open(os.path.join(folder, f"shard-{k:05d}.jsonl" + (".later" if k >= shards else "")), "w") as f:
             f.writelines(f'{{"id": "r{k:03d}-{i:06d}", "audio": "clips/{k}-{i}.wav"}}\n' for i in range(SHARD))
-    for steps, engine in ((["dedup"], 0.0), (["caption", "quality", "export"], startup)):
+    for steps in (RECIPES[r] for r in recipes):
+        engine = startup if "caption" in steps else 0.0
         root = os.path.join(work, "-".join(steps))
         argv = ["--config", recipe(os.path.join(work, f"{steps[0]}.json"), steps), "--input",
                 os.path.join(folder, "*.jsonl"), "--output", root, *(["dedup.dedup.exclude=[]"] if "dedup" in steps else []),
@@ -133,16 +137,20 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=40)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--parts", default="real,dedup,generate",
+                    help="which to run: real (a), dedup and generate (b: dedup alone, caption -> quality -> export)")
     args = ap.parse_args()
+    parts = args.parts.split(",")
     work = args.work or tempfile.mkdtemp(prefix="bench-night-")
     os.makedirs(work, exist_ok=True)
     from jobs.runner import LOCAL
 
     ray.init(address="local", log_to_driver=False, **LOCAL)  # the instance a job starts
-    startup = engine_startup(work)
+    startup = engine_startup(work) if {"real", "generate"} & set(parts) else 0.0
     print(f"engine start-up: {startup:.1f} s", flush=True)
-    real(work, args.clips, startup)
-    bookkeeping(work, args.rows, startup)
+    if "real" in parts:
+        real(work, args.clips, startup)
+    bookkeeping(work, args.rows, startup, [p for p in parts if p in RECIPES])
 
 
 if __name__ == "__main__":

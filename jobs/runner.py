@@ -371,7 +371,7 @@ def dry_run(cfg, job: Job) -> int:
     print(f"dry run: {rows_in} rows in {len(manifests)} manifests; {resumed} already committed in {cfg.output}; "
           f"{rows_in - resumed} to do in {chunks.num_rows} read tasks of up to {chunk_rows} rows")
     print("  storage: input readable, output writable (a file written and deleted)")
-    print(f"  decode: {d.concurrency} actors x {d.num_cpus:g} CPU, batches of {d.batch_size}")
+    print(f"  decode: {config_mod.decode_pool(cfg)} actors x {d.num_cpus:g} CPU, batches of {d.batch_size}")
     if job.generates:
         replicas = e.replicas if isinstance(e.replicas, int) else e.replicas[1]
         print(f"  engine: {e.replicas} replicas x {e.num_gpus:g} GPU (tensor parallel {e.tensor_parallel_size}) = "

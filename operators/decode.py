@@ -534,12 +534,14 @@ def options(d, spec, identity: bool = False) -> dict:
 def apply(ds, cfg, spec, identity: bool = False):
     """CPU actor pool that decodes each row's audio into `waveform` (windows) at the model's sample rate; with
     `identity`, into each clip's identities instead."""
+    from operators.config import decode_pool
+
     d = cfg.decode
     return ds.map_batches(
         Decode,
         fn_constructor_kwargs=options(d, spec, identity),
         batch_format="pyarrow",
         batch_size=d.batch_size,
-        compute=actors(d.concurrency),
+        compute=actors(decode_pool(cfg)),
         num_cpus=d.num_cpus,
     )

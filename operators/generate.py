@@ -34,6 +34,21 @@ from operators.stage import Stage, actors, audio_arrays, errors, put
 log = logging.getLogger(__name__)
 
 
+# vLLM sizes its scheduler by the engine's usage context. The async engine's own (ENGINE_CONTEXT) has no batch
+# defaults: 2048 batched tokens and 128 sequences on any device, where offline `LLM` gets 16384 and 1024 on an
+# H100/H200 (`EngineArgs.get_batch_defaults`); a 30 s Qwen2-Audio window is ~750 tokens, two a prefill step.
+# These engines run offline batches: they are built in LLM's context, so they get LLM's values for their device.
+USAGE = "LLM_CLASS"
+
+
+def vllm_config(engine_args: dict[str, Any]):
+    """The engine config the stage's engine gets (scheduler sizes included), on this process's device."""
+    import vllm
+    from vllm.usage.usage_lib import UsageContext
+
+    return vllm.AsyncEngineArgs(**engine_args).create_engine_config(UsageContext[USAGE])
+
+
 def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
     """vLLM engine arguments: the model family's defaults, then the job config's `engine` section."""
     e = cfg.engine
@@ -44,8 +59,9 @@ def engine_args(cfg, spec: ModelSpec) -> dict[str, Any]:
         args["trust_remote_code"] = True
     if e.max_model_len is not None:
         args["max_model_len"] = e.max_model_len
-    if e.max_num_seqs is not None:
-        args["max_num_seqs"] = e.max_num_seqs
+    for key in ("max_num_seqs", "max_num_batched_tokens"):
+        if getattr(e, key) is not None:
+            args[key] = getattr(e, key)
     if e.tensor_parallel_size > 1:
         # The actor already holds its GPUs (Ray places it whole, on one node): vLLM's workers are local
         # processes. Its "ray" executor would ask Ray for GPUs the actor holds and wait forever.
@@ -140,7 +156,10 @@ class Generate(Stage):
         self.restart_lock = asyncio.Lock()
 
     def _start(self):
-        return self.vllm.AsyncLLMEngine.from_engine_args(self.vllm.AsyncEngineArgs(**self.cfg["engine_args"]))
+        from vllm.usage.usage_lib import UsageContext
+
+        return self.vllm.AsyncLLMEngine.from_engine_args(self.vllm.AsyncEngineArgs(**self.cfg["engine_args"]),
+                                                         usage_context=UsageContext[USAGE])
 
     def teardown(self) -> None:
         # Without it the engine-core process outlives the actor.

@@ -69,6 +69,17 @@ def test_engine_replicas_fixed_or_autoscaling(assets):
     assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor) == (1, 4, 2)
 
 
+def test_decode_actors_fixed_autoscaling_or_grown_with_the_engines(assets):
+    assert config.decode_pool(config.load(DEMO, ["decode.concurrency=[1, 6]"])) == (1, 6)
+    with pytest.raises(config.ConfigError, match="decode.concurrency: Value error, give a count >= 1"):
+        config.load(DEMO, ["decode.concurrency=[4, 2]"])
+    # Per engine actor: the pool scales between ratio x the engine pool's bounds, rounded up.
+    assert config.decode_pool(config.load(DEMO, ["decode.per_engine=1.5", "engine.replicas=[1, 4]"])) == (2, 6)
+    assert config.decode_pool(config.load(DEMO, ["decode.per_engine=2", "engine.replicas=3"])) == 6
+    with pytest.raises(config.ConfigError, match="decode.per_engine: Input should be greater than 0"):
+        config.load(DEMO, ["decode.per_engine=0"])
+
+
 def test_prompts_come_from_the_library_by_name_in_order(assets):
     cfg = config.load(DEMO, ["prompt.use=[sound_events, caption]", "prompt.custom.caption=Describe the music."])
     asks = config.prompts(cfg)
