@@ -79,10 +79,14 @@ def visible_text_only(lm_head, tok, specials: list[str]) -> None:
     so answers are visible text of max_tokens length."""
     import torch
 
-    hidden = [i for i in range(len(tok)) if not (tok.decode([i]).isascii() and tok.decode([i]).isprintable())]
-    hidden += tok.convert_tokens_to_ids(specials)
     with torch.no_grad():
-        lm_head.weight[hidden] = 0
+        lm_head.weight[hidden_tokens(tok, specials)] = 0
+
+
+def hidden_tokens(tok, specials: list[str]) -> list[int]:
+    """Tokens that decode to nothing visible: special tokens, non-ASCII or unprintable bytes."""
+    hidden = [i for i in range(len(tok)) if not (tok.decode([i]).isascii() and tok.decode([i]).isprintable())]
+    return hidden + tok.convert_tokens_to_ids(specials)
 
 
 def text_config(tok, **extra) -> dict:
@@ -255,6 +259,42 @@ def build_tiny_moss_audio(out: str, seed: int = 0) -> str:
               metadata={"format": "pt"})
     os.replace(tmp, out)
     return out
+
+
+QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+# Qwen3's chat template, cut to what a rewrite uses: ChatML turns, and with enable_thinking=false an empty
+# thinking block opening the answer, as Qwen/Qwen3-8B's template writes it.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def build_tiny_qwen3(out: str, seed: int = 0) -> str:
+    """A tiny random-weight Qwen3 text LLM (Qwen/Qwen3-8B layout) with its tokenizer and chat template: the
+    demo recipes' rewriter."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = tokenizer(QWEN3_SPECIALS)
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    tok.save_pretrained(tmp)
+    cfg = Qwen3Config(**text_config(tok), head_dim=64, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    model.generation_config.eos_token_id = cfg.eos_token_id
+    visible_text_only(model.get_output_embeddings(), tok, QWEN3_SPECIALS)
+    # A rewrite samples (temperature > 0), and a zero logit is still drawn now and then. Every token's embedding
+    # gets a large first coordinate, which the residual stream keeps (its layers add little at random init), and
+    # the hidden tokens a large negative weight on it: their logits sink far below every visible token's.
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, 0] = 10.0
+        model.get_output_embeddings().weight[hidden_tokens(tok, QWEN3_SPECIALS), 0] = -5.0
+    return save(model, tmp, out)
 
 
 CLAP_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -605,6 +645,21 @@ def build_dedup(out: str) -> str:
 
 
 # The sample lines of DataFlow-MM's audio QA guide, verbatim; the audio paths are relative to the manifest.
+def build_labeled(out: str, samples: str, speech: str) -> str:
+    """A manifest with AudioSet-style `labels` (the recipes' input): speech and tone clips, and one missing file."""
+    os.makedirs(out, exist_ok=True)
+    rows = [("s0", f"{speech}/s0-22k.wav", ["Speech", "Male speech, man speaking"]),
+            ("s2", f"{speech}/s2-16k.wav", ["Speech", "Narration, monologue"]),
+            ("tone", f"{samples}/tone-16k.wav", ["Sine wave", "Beep, bleep"]),
+            ("chirp", f"{samples}/chirp-44k-stereo.flac", ["Chirp tone"]),
+            ("gone", f"{samples}/missing.wav", ["Silence"])]
+    manifest = os.path.join(out, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        f.writelines(json.dumps({"id": i, "audio": os.path.relpath(a, out), "labels": labels}) + "\n"
+                     for i, a, labels in rows)
+    return manifest
+
+
 DATAFLOW_GUIDE = (
     '{"audio": ["../example_data/audio_aqa_pipeline/test_1.wav"], "conversation": [{"from": "human", "value": '
     '"Transcribe the audio into Chinese." }]}\n'
@@ -672,7 +727,7 @@ def main(argv: list[str] | None = None) -> None:
     models = os.path.join(root, "models")
     for name, build in [("tiny-qwen2-audio", build_tiny_qwen2_audio),
                         ("tiny-audio-flamingo-3", build_tiny_audio_flamingo_3), ("tiny-moss-audio", build_tiny_moss_audio),
-                        ("tiny-clap", build_tiny_clap)]:
+                        ("tiny-clap", build_tiny_clap), ("tiny-qwen3", build_tiny_qwen3)]:
         if not os.path.isdir(os.path.join(models, name)):
             build(os.path.join(models, name))
     samples = os.path.join(root, "samples")
@@ -692,12 +747,15 @@ def main(argv: list[str] | None = None) -> None:
     longform = os.path.join(root, "longform")
     if not os.path.isfile(os.path.join(longform, "manifest.jsonl")):
         build_longform(longform)
+    labeled = os.path.join(root, "labeled")
+    if not os.path.isfile(os.path.join(labeled, "manifest.jsonl")):
+        build_labeled(labeled, samples, speech)
     dedup = os.path.join(root, "dedup")
     if not os.path.isfile(os.path.join(dedup, "eval.jsonl")):
         build_dedup(dedup)
     print(f"models: {', '.join(sorted(os.listdir(models)))} in {models}\n"
           f"manifests: {samples}/manifest.jsonl, {speech}/manifest.jsonl, {aqa}/data/*.jsonl, "
-          f"{longform}/manifest.jsonl, {dedup}/manifest.jsonl (+ eval.jsonl)")
+          f"{longform}/manifest.jsonl, {dedup}/manifest.jsonl (+ eval.jsonl), {labeled}/manifest.jsonl")
 
 
 if __name__ == "__main__":

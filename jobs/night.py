@@ -31,7 +31,7 @@ from jobs import report, runner
 from operators import config as config_mod
 from operators.ledger import Ledger, output_fs
 
-JOBS = ("dedup", "caption", "transcribe", "aqa", "quality", "export")
+JOBS = ("dedup", "caption", "transcribe", "aqa", "rewrite", "quality", "export")
 RECORD = "_night.json"
 # What each step's summary adds to the night's record: totals over its output, so a night's share of them
 # is this night's totals less the night before's.
@@ -77,12 +77,42 @@ def plan(night: config_mod.NightCfg, root: str, first_input, overrides: list[str
             cfg = config_mod.load(s.config, mine, input=source, output=f"{root.rstrip('/')}/{s.name}",
                                   check_input=i == 0)
             runner.check(cfg, job)
+            if job.verify:  # against what the steps before will write: the answers they ask, the manifest's columns
+                asker = upstream
+                while asker is not None and not asker.job.generates:
+                    asker = next((p for p in steps if p.name == asker.cfg.input.rstrip("/").rsplit("/", 1)[-1]), None)
+                job.verify(cfg, list(config_mod.prompts(asker.cfg)) if asker else None, columns(first_input))
             if not fresh:
                 runner.refuse(cfg, job, Ledger(cfg.output))
         except config_mod.ConfigError as e:
             raise config_mod.ConfigError(f"step {s.name}: {e}") from None
         steps.append(Step(s.name, s.job, job, cfg))
     return steps
+
+
+def columns(spec, rows: int = 100) -> set[str] | None:
+    """The columns of the night's first manifest (a parquet schema's, or the keys of a jsonl's first rows)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from operators import read
+
+    try:
+        manifests = read.expand(spec) if spec else []
+    except (OSError, ValueError):
+        return None
+    if not manifests:
+        return None
+    with fsspec.open(manifests[0], "rb") as f:
+        if read.format_of(manifests[0]) == "parquet":
+            return set(pq.read_schema(f).names)
+        keys: set[str] = set()
+        for _, line in zip(range(rows), f):
+            try:
+                keys |= set(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+        return keys
 
 
 class Record:

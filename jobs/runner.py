@@ -31,7 +31,8 @@ GENERATED = ("model", "prompt", "sampling", "decode", "quality", "score")  # wha
 
 @dataclass(frozen=True)
 class Job:
-    column: str | None  # the output column: caption, text, answer; None: the one the input output has
+    # The output column: caption, text, answer; None: the one the input output has; a callable: (cfg) -> column.
+    column: str | None | Callable
     build: Callable  # (ds, cfg, spec, prompts) -> ds: the stages between read and the checks
     conversations: bool = False  # rows bring a conversation to answer (question answering)
     derived: bool = False  # reads another job's output: one row out per row in, its columns kept
@@ -55,6 +56,14 @@ class Job:
     after_commit: Callable | None = None
     # Writes a review page: not a pass inside a job (dedup's identities), whose job's own page is the one read.
     reviewed: bool = True
+    # Gathers another job's rows by clip window into new rows (rewrite): read as a derived job reads, written as
+    # new rows, each listing the rows it was made from.
+    gathers: bool = False
+    # Scores its own rows with CLAP (a rewrite's acceptance test): the runner's score stage does not run again.
+    scored: bool = False
+    # (cfg, prompt ids, columns) -> None: the job's config against what its input holds (the answers and columns a
+    # rewrite's template names); raises ConfigError. None for either: not known yet.
+    verify: Callable | None = None
 
     def start(self, cfg, fresh: bool = False) -> dict:
         return self.runs(cfg, fresh) if self.runs else run(cfg, self, fresh)
@@ -74,6 +83,14 @@ def check(cfg, job: Job) -> dict:
         raise config_mod.ConfigError("model: required for this job; give model.family and model.path, e.g. "
                                      "model.family=qwen2-audio model.path=Qwen/Qwen2-Audio-7B-Instruct")
     spec = config_mod.model_spec(cfg)
+    if job.gathers:
+        if cfg.rewrite is None:
+            raise config_mod.ConfigError("rewrite: required for this job; give rewrite.template, e.g. "
+                                         "rewrite.template='Rewrite as one caption: {answers}'")
+        return {}
+    if not spec.audio:
+        raise config_mod.ConfigError(f"model.family: {cfg.model.family!r} is a text model and cannot listen; give an "
+                                     "audio-language model (it rewrites answers in jobs.rewrite)")
     prompts = config_mod.prompts(cfg)
     if not prompts and not job.conversations:
         raise config_mod.ConfigError("prompt.use: name at least one prompt of the library (prompt.library), "
@@ -169,7 +186,9 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
     rules = config_mod.quality_rules(cfg)
     spec = config_mod.model_spec(cfg) if job.generates else None
     manifests = read.expand(cfg.input)
-    column = job.column or text_column(manifests)
+    column = job.column(cfg) if callable(job.column) else job.column or text_column(manifests)
+    if job.verify:
+        job.verify(cfg, *held(cfg.input, manifests))
     ledger = open_output(cfg, job, fresh, keep)
     prepare_output(cfg.output, False)  # the markers of a finished run, which this run rewrites
     ledger.record(config_mod.determining(cfg, job.determines))
@@ -185,9 +204,9 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
         ds = job.build(read.read(chunks, min(cfg.read.concurrency, chunks.num_rows), derived=job.derived), cfg,
                        spec, prompts, column=column, **(build_args or {}))
         if job.checks:
-            ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules)
+            ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules, scored=job.scored)
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
-                         committed=None if job.derived else ledger.partial(), derived=job.derived,
+                         committed=None if job.derived else ledger.partial(), derived=job.derived and not job.gathers,
                          split_by=job.split_by)
         if job.after_commit:
             ds = ds.map_batches(job.after_commit, fn_kwargs={"output": cfg.output}, batch_format="pyarrow", num_cpus=0)
@@ -241,10 +260,11 @@ def waiting(cfg, job: Job) -> str:
     return "every actor is placed, but no stage hands rows on (a hung engine, store or node?)"
 
 
-def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict):
-    """What every job does to what it wrote before committing it: CLAP scores (score.enabled), then the
-    quality flags (quality.enabled), which also keep the best of sampling.n candidates."""
-    if cfg.score.enabled:
+def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict, scored: bool = False):
+    """What every job does to what it wrote before committing it: CLAP scores (score.enabled, unless the job
+    `scored` its rows itself), then the quality flags (quality.enabled), which also keep the best of sampling.n
+    candidates."""
+    if cfg.score.enabled and not scored:
         # Rows without their audio in `waveform` (derived jobs) decode their window at CLAP's own rate.
         ds = score.apply(ds, cfg, column, sample_rate or 48_000)
     if cfg.quality.enabled:
@@ -267,6 +287,27 @@ def text_column(manifests: list[str]) -> str:
         raise config_mod.ConfigError(f"input: {manifests[0]} has none of the columns {', '.join(TEXT_COLUMNS)}; "
                                      "give the output folder of a caption, transcribe or aqa job")
     return found[0]
+
+
+def held(spec, manifests: list[str]) -> tuple[list[str] | None, set[str] | None]:
+    """The prompt ids (from its recorded config) and the columns (its first part's) of the job output a derived
+    job reads; None where it is not one folder of such an output."""
+    import json
+
+    import fsspec
+    import pyarrow.parquet as pq
+
+    if not manifests or not isinstance(spec, str) or read.format_of(manifests[0]) != "parquet":
+        return None, None
+    with fsspec.open(manifests[0], "rb") as f:
+        columns = set(pq.read_schema(f).names)
+    fs, root = ledger_mod.output_fs(spec)
+    if not fs.exists(f"{root}/{ledger_mod.CONFIG}"):
+        return None, columns
+    with fs.open(f"{root}/{ledger_mod.CONFIG}", "r") as f:
+        record = json.load(f)
+    # Recorded flat: prompt.<id>.instruction, prompt.<id>.system, and prompt.system.
+    return sorted({k.split(".")[1] for k in record if k.startswith("prompt.") and k != "prompt.system"}), columns
 
 
 def stage_times(ds) -> dict:

@@ -124,6 +124,8 @@ class DecodeCfg(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     # Clips longer than the model's window: "split" into windows (one output row each) or "error".
     long_audio: Literal["split", "error"] = "split"
+    # Windows shorter than the model's (AFSynthetic captions 10 s windows); unset: the model's window.
+    window_s: float | None = Field(None, gt=0)
     # Where windows end: within their last `cut_search_s` seconds (0: hard cuts), at the quietest 20 ms
     # ("energy") or in the longest pause between speech found by Silero VAD ("vad"), so words stay whole.
     cut: Literal["energy", "vad"] = "energy"
@@ -285,6 +287,7 @@ class Rules(_Strict):
     no_speech: SpeechRule = Field(default_factory=SpeechRule)
     truncated: Rule = Field(default_factory=Rule)
     low_clap: ScoreRule = Field(default_factory=ScoreRule)
+    rejected: Rule = Field(default_factory=Rule)
 
 
 class QualityCfg(_Strict):
@@ -349,6 +352,36 @@ class ExportCfg(_Strict):
         return v
 
 
+class AcceptCfg(_Strict):
+    """jobs.rewrite's acceptance test: a try that fails it is rewritten with a new seed (rewrite.max_tries)."""
+
+    # CLAP score at least its reference text's (rewrite.reference), as AudioSetCaps accepts a caption only if it
+    # matches the audio as well as the clip's own labels do.
+    above_reference: bool = False
+    min_clap: float | None = Field(None, ge=-1, le=1)  # an absolute floor on the CLAP score
+    # An answer (a prompt id of the input) or a column holding the clip's transcript: a text that quotes
+    # `quote_words` consecutive words of it fails (a caption says there is speech, not what is said).
+    transcript: str | None = None
+    quote_words: int = Field(6, ge=2)
+    # A column of the clip's labels: a text that lists all of them in their order fails (it copied them).
+    labels: str | None = None
+
+
+class RewriteCfg(_Strict):
+    """jobs.rewrite: a text LLM rewrites each clip window's answers (another job's output) into one text."""
+
+    # The user's turn. {answers.<prompt id>}: that prompt's answer ("" when it failed or quality dropped it);
+    # {answers}: every usable answer, one a line; {column}: the row's column (a list as "a, b, c").
+    template: str
+    system: str | None = None  # None: the model family's default
+    column: str = "caption"  # where the new text goes
+    # Template of the reference text CLAP scores too (`clap_reference`), e.g. "{labels}"; null: none.
+    reference: str | None = None
+    accept: AcceptCfg = Field(default_factory=AcceptCfg)
+    # Tries a window gets: one, and a rewrite with a new seed after each rejected one; the best is kept.
+    max_tries: int = Field(1, ge=1)
+
+
 class ErrorsCfg(_Strict):
     # Fail the job (non-zero exit) when more than this percentage of output rows have such errors.
     # Bad inputs never fail it by default (null); engine errors mean something is wrong with the run.
@@ -369,6 +402,7 @@ class JobCfg(_Strict):
     score: ScoreCfg = Field(default_factory=ScoreCfg)
     dedup: DedupCfg = Field(default_factory=DedupCfg)
     export: ExportCfg = Field(default_factory=ExportCfg)
+    rewrite: RewriteCfg | None = None  # jobs.rewrite only
     storage: StorageCfg = Field(default_factory=StorageCfg)
     write: WriteCfg = Field(default_factory=WriteCfg)
     progress: ProgressCfg = Field(default_factory=ProgressCfg)
@@ -459,6 +493,8 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
                           "(or quality.select=fewest_flags)")
     if not cfg.quality.enabled and s.n > 1:
         raise ConfigError("sampling.n > 1 needs quality.enabled=true: the quality stage keeps the best candidate")
+    if cfg.rewrite is not None:
+        check_rewrite(cfg)
     if engine_stall_s(cfg) >= cfg.run.stall_s:
         raise ConfigError(f"engine.stall_s: {cfg.engine.stall_s:g} s is not below run.stall_s={cfg.run.stall_s:g}: a "
                           "stalled engine must be replaced before the run gives up; lower engine.stall_s or raise "
@@ -468,6 +504,20 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         check_windows(cfg, spec)
         check_prompts(cfg, spec)
     return cfg
+
+
+def check_rewrite(cfg: JobCfg) -> None:
+    r, a = cfg.rewrite, cfg.rewrite.accept
+    if (a.above_reference or a.min_clap is not None) and not cfg.score.enabled:
+        raise ConfigError("rewrite.accept: a CLAP test needs CLAP scores: set score.enabled=true (and score.model)")
+    if a.above_reference and not r.reference:
+        raise ConfigError("rewrite.accept.above_reference: needs rewrite.reference, the text to compare with, "
+                          "e.g. rewrite.reference='{labels}'")
+    if r.reference and not cfg.score.enabled:
+        raise ConfigError("rewrite.reference: is scored by CLAP: set score.enabled=true, or drop the reference")
+    if r.max_tries > 1 and cfg.sampling.temperature == 0:
+        raise ConfigError(f"rewrite.max_tries={r.max_tries} with sampling.temperature=0 rewrites the same text each "
+                          "time; set sampling.temperature (e.g. 0.7)")
 
 
 def decode_pool(cfg: JobCfg) -> int | tuple[int, int]:
@@ -523,11 +573,15 @@ def check_prompts(cfg: JobCfg, spec) -> None:
 def check_windows(cfg: JobCfg, spec) -> None:
     """The decode section against the model's window and rate."""
     d = cfg.decode
-    if d.overlap_s >= spec.window_s - d.cut_search_s:
-        raise ConfigError(f"decode.overlap_s: must be shorter than the model's {spec.window_s:g} s window minus "
+    if d.window_s is not None and d.window_s > spec.window_s:
+        raise ConfigError(f"decode.window_s: {d.window_s:g} s is longer than the model's {spec.window_s:g} s window; set "
+                          f"it to at most {spec.window_s:g}, or leave it unset")
+    window = d.window_s or spec.window_s
+    if d.overlap_s >= window - d.cut_search_s:
+        raise ConfigError(f"decode.overlap_s: must be shorter than the {window:g} s window minus "
                           "decode.cut_search_s, or windows would not advance")
-    if d.cut_search_s >= spec.window_s:
-        raise ConfigError(f"decode.cut_search_s: must be shorter than the model's {spec.window_s:g} s window")
+    if d.cut_search_s >= window:
+        raise ConfigError(f"decode.cut_search_s: must be shorter than the {window:g} s window")
     if "vad" in (d.cut, d.segment) and spec.sample_rate != 16_000:
         raise ConfigError(f"decode.cut / decode.segment: Silero VAD runs on 16 kHz audio and {cfg.model.family!r} "
                           f"takes {spec.sample_rate} Hz; use decode.cut=energy and decode.segment=window")
@@ -640,7 +694,7 @@ def is_hub_id(path: str) -> bool:
 # What determines an output's rows, by key group; a job names the groups it depends on (runner.Job.determines).
 # Operational keys (actors, batch sizes, retries, progress, storage, error limits) are in none: changing them
 # never changes a row, so a resume accepts them.
-DECODE_KEYS = ("long_audio", "cut", "cut_search_s", "overlap_s", "segment", "vad", "segments", "max_duration_s")
+DECODE_KEYS = ("long_audio", "window_s", "cut", "cut_search_s", "overlap_s", "segment", "vad", "segments", "max_duration_s")
 DEDUP_KEYS = ("max_ber", "max_length_gap_s", "bands", "bits", "length_grid_s", "max_bucket")
 
 
@@ -666,6 +720,8 @@ def determining(cfg: JobCfg, groups: tuple[str, ...]) -> dict[str, Any]:
     if "dedup" in groups:
         out.update({f"dedup.{k}": getattr(cfg.dedup, k) for k in DEDUP_KEYS})
         out["decode.max_duration_s"] = cfg.decode.max_duration_s
+    if "rewrite" in groups and cfg.rewrite is not None:
+        out.update({f"rewrite.{k}": v for k, v in cfg.rewrite.model_dump().items()})
     if "export" in groups:
         out.update({f"export.{k}": v for k, v in cfg.export.model_dump(include={"splits", "seed", "sample_rate"}).items()})
     # Through JSON once, so that what is compared is what a record on disk holds (tuples as lists, ...).

@@ -525,7 +525,7 @@ class _Block:
 
 def options(d, spec, identity: bool = False) -> dict:
     """The Decode stage's arguments: the config's `decode` section and the model's rate and window."""
-    return dict(identity=identity, sample_rate=spec.sample_rate, window_s=spec.window_s, long_audio=d.long_audio,
+    return dict(identity=identity, sample_rate=spec.sample_rate, window_s=d.window_s or spec.window_s, long_audio=d.long_audio,
                 max_duration_s=d.max_duration_s, cut_search_s=d.cut_search_s, overlap_s=d.overlap_s, cut=d.cut,
                 segment=d.segment, vad=d.vad.silero(), segment_vad=d.segments.silero(d.vad), spill_mb=d.spill_mb,
                 whole_mb=d.whole_mb, output_block_mb=d.output_block_mb)

@@ -15,6 +15,7 @@ lost or doubled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -199,16 +200,19 @@ class Generate(Stage):
                 for task in held:
                     task.cancel()
 
-    async def _generate(self, engine, request):
+    async def _generate(self, engine, request, sampling):
         final = None
-        async for out in engine.generate(request, self.sampling, uuid.uuid4().hex):
+        async for out in engine.generate(request, sampling, uuid.uuid4().hex):
             final = out
         return final
 
-    async def _one(self, prompt: str, clips) -> tuple[list[str], list[str], int, int, str | None]:
+    async def _one(self, prompt: str, clips, sampling=None) -> tuple[list[str], list[str], int, int, str | None]:
         """(texts, finish reasons) of the request's candidates, prompt tokens, tokens generated, and a warning
-        when engines were lost under it (which, and how: the driver's log says it)."""
-        request = {"prompt": prompt, "multi_modal_data": {"audio": [(c, self.rate) for c in clips]}}
+        when engines were lost under it (which, and how: the driver's log says it). `clips` None: a text
+        request; `sampling`: other than the stage's (a rewrite's next try, with its own seed)."""
+        request = {"prompt": prompt}
+        if clips is not None:
+            request["multi_modal_data"] = {"audio": [(c, self.rate) for c in clips]}
         lost: list[str] = []
         for attempt in itertools.count():
             if self.restart_lock.locked() or self.engine in self.stalled:
@@ -216,7 +220,7 @@ class Generate(Stage):
             engine = self.engine
             if not self.inflight:
                 self.moved_at = time.monotonic()  # an idle engine is not a stalled one
-            task = asyncio.ensure_future(self._generate(engine, request))
+            task = asyncio.ensure_future(self._generate(engine, request, sampling or self.sampling))
             self.inflight[task] = engine
             try:
                 final = await task
@@ -238,37 +242,47 @@ class Generate(Stage):
             finally:
                 self.inflight.pop(task, None)
 
-    async def _safe(self, prompt: str, clips, err: str | None, uris: list[str]):
+    async def _safe(self, work, err: str | None, uris: list[str]):
+        """(what `work()` returns, None), or (None, the row's error): one bad request must not sink the batch."""
         if err is not None:
-            return None, None, None, None, None, err
+            return None, err
         try:
-            return *(await self._one(prompt, clips)), None
+            return await work(), None
         except EngineLost as e:
             kind, why = f"engine_{e.how}", str(e)
         except Exception as e:  # noqa: BLE001 - one bad request must not sink the batch
             kind = "too_long" if "maximum model length" in str(e) else "engine"
             why = f"{type(e).__name__}: {e}"
-        return None, None, None, None, None, f"generate/{kind}: {', '.join(uris)}: {why}"
+        return None, f"generate/{kind}: {', '.join(uris)}: {why}"
 
-    async def __call__(self, batch: pa.Table) -> pa.Table:
+    def _watching(self) -> None:
         if self.watcher is None:  # the actor's event loop runs only from its first call
             self.watcher = asyncio.ensure_future(self._watch())
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        self._watching()
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
                    errors(batch), batch.column("audio_uris").to_pylist())
-        results = await asyncio.gather(*(self._safe(*row) for row in rows))
-        texts, reasons, n_in, n_out, lost, errs = (list(c) for c in zip(*results)) if results else ([],) * 6
+        results = await asyncio.gather(*(self._safe(functools.partial(self._one, p, c), e, u) for p, c, e, u in rows))
+        done = [r or (None,) * 5 for r, _ in results]
+        texts, reasons, n_in, n_out, lost = (list(c) for c in zip(*done)) if done else ([],) * 5
         out = put(batch, **{self.column: pa.array([t and t[0] for t in texts], pa.string())},
                   finish_reason=pa.array([r and r[0] for r in reasons], pa.string()),
                   prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
-                  error=pa.array(errs, pa.string()))
-        if any(lost):  # after decode's own warning, if any
-            had = batch.column("warning").to_pylist() if "warning" in batch.column_names else [None] * len(lost)
-            out = put(out, warning=pa.array(["; ".join(w for w in pair if w) or None for pair in zip(had, lost)],
-                                            pa.string()))
+                  error=pa.array([e for _, e in results], pa.string()))
+        out = warned(out, lost)
         if self.several:  # the quality stage keeps the best as the row's text and the rest as candidates
             out = put(out, candidates=pa.array(texts, pa.list_(pa.string())),
                       finish_reasons=pa.array(reasons, pa.list_(pa.string())))
         return out
+
+
+def warned(batch: pa.Table, lost: list[str | None]) -> pa.Table:
+    """The rows' warnings with the engines lost under them added (after decode's own, if any)."""
+    if not any(lost):
+        return batch
+    had = batch.column("warning").to_pylist() if "warning" in batch.column_names else [None] * len(lost)
+    return put(batch, warning=pa.array(["; ".join(w for w in pair if w) or None for pair in zip(had, lost)], pa.string()))
 
 
 class EngineLost(Exception):
@@ -280,14 +294,15 @@ class EngineLost(Exception):
                          + (f": {last}" if str(last) else ""))
 
 
-def apply(ds, cfg, spec: ModelSpec, column: str):
+def apply(ds, cfg, spec: ModelSpec, column: str, stage: type = Generate, **extra):
+    """The engine actor pool; `stage` a subclass of Generate (a rewrite's) with its `extra` arguments."""
     from operators.config import engine_stall_s
 
     return ds.map_batches(
-        Generate,
+        stage,
         fn_constructor_kwargs=dict(column=column, sample_rate=spec.sample_rate, sampling=sampling_args(cfg),
                                    engine_args=engine_args(cfg, spec), max_retries=cfg.engine.max_retries,
-                                   stall_s=engine_stall_s(cfg)),
+                                   stall_s=engine_stall_s(cfg), **extra),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(cfg.engine.replicas, cfg.engine.max_inflight_batches),

@@ -9,7 +9,8 @@ this one read: the runner, the summary, the report and the later jobs use it. At
 `update()` reads only the parts committed since.
 
 An output row is one unit: an input row's window (`segment`) asked one prompt (`prompt_id`). An input row
-is complete when all `segments x prompts` of its units are committed. Grouping is one lexsort of the keys,
+is complete when all `segments x prompts` of its units are committed. A derived job's row (quality, export)
+is the unit of the row it was made from; a rewrite's row, of each of the rows (a window's answers) it lists. Grouping is one lexsort of the keys,
 O(rows log rows).
 """
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Part:
     path: str
     mtime: float
     rows: int
+    units: int = 0  # the input units its rows stand for: its rows, or a rewrite's input rows
     # Until merged into the ledger's sorted keys (then dropped): per row, manifest index << ROW_BITS |
     # source_row; segment << PROMPT_BITS | prompt index; segments x prompts of its input row.
     keys: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -140,8 +142,11 @@ class Ledger:
 
         with fs.open(path, "rb") as f:
             meta = pq.read_metadata(f)
-            names = set(meta.schema.to_arrow_schema().names)
-            pf = pq.ParquetFile(f, metadata=meta, read_dictionary=[c for c in DICTIONARY if c in names])
+            schema = meta.schema.to_arrow_schema()
+            names = set(schema.names)
+            # Plain string columns only (a rewrite's `input_part` is a list).
+            plain = [c for c in DICTIONARY if c in names and pa.types.is_string(schema.field(c).type)]
+            pf = pq.ParquetFile(f, metadata=meta, read_dictionary=plain)
             table = pf.read(columns=[c for c in KEYS + STATS + INPUT if c in names])
             return table.replace_schema_metadata(pf.schema_arrow.metadata)
 
@@ -160,7 +165,15 @@ class Ledger:
         return np.asarray(codes, np.int64)[values.indices.to_numpy(zero_copy_only=False)]
 
     def _reduce(self, path: str, mtime: float, t: pa.Table) -> Part:
-        if (t.schema.metadata or {}).get(b"earmark.keys") == DERIVED[b"earmark.keys"]:
+        if "input_part" in t.column_names and pa.types.is_list(t.schema.field("input_part").type):
+            # A rewrite's rows: each made from several rows of its input (a window's answers), listed. Its
+            # input rows are its units: done once a row made from them, and its `prompts` siblings, is committed.
+            lengths = _np(pc.list_value_length(t["input_part"]), np.int64)
+            m = self._index(pc.list_flatten(t["input_part"]), self._manifest_index, self.manifests)
+            p = self._index(t["prompt_id"], self._prompt_index, self.prompt_ids)
+            keys = ((m << ROW_BITS) | _np(pc.list_flatten(t["input_row"]), np.int64), np.repeat(p, lengths),
+                    np.repeat(_np(t["prompts"], np.int32), lengths))
+        elif (t.schema.metadata or {}).get(b"earmark.keys") == DERIVED[b"earmark.keys"]:
             m = self._index(t["input_part"], self._manifest_index, self.manifests)
             keys = ((m << ROW_BITS) | _np(t["input_row"], np.int64), np.zeros(t.num_rows, np.int64),
                     np.ones(t.num_rows, np.int32))
@@ -170,7 +183,7 @@ class Ledger:
             segment, segments, prompts = (_np(t[c], np.int64) for c in ("segment", "segments", "prompts"))
             keys = ((m << ROW_BITS) | _np(t["source_row"], np.int64), (segment << PROMPT_BITS) | p,
                     (segments * prompts).astype(np.int32))
-        part = Part(path, mtime, t.num_rows, keys=keys)
+        part = Part(path, mtime, t.num_rows, units=len(keys[0]), keys=keys)
         names = set(t.column_names)
         good = pc.is_null(t["error"]) if "error" in names else pa.array(np.ones(t.num_rows, bool))
         part.ok = int(pc.sum(good).as_py() or 0)
@@ -285,7 +298,7 @@ class Ledger:
         out = {
             "rows_out": int(self._grouped()["complete"].sum()),
             "output_rows": self.rows,
-            "duplicate_rows": self.rows - len(self._units[0]),
+            "duplicate_rows": sum(p.units for p in parts) - len(self._units[0]),
             "rows_ok": sum(p.ok for p in parts),
             "rows_error": sum(errors.values()),
             "errors_by_kind": dict(sorted(errors.items())),

@@ -1,12 +1,14 @@
-"""The model registry: everything that differs between audio-language model families lives here.
+"""The model registry: everything that differs between model families lives here: the audio-language models
+that listen, and the text LLMs that rewrite what they wrote (jobs.rewrite).
 
 Stages never branch on a model name; they read a `ModelSpec`. Adding a family is adding an entry. The
 family `auto` runs a checkpoint no entry knows: `resolve` reads its facts from the checkpoint itself.
-Facts of the entries were read from vLLM 0.32's model files (placeholders, windows, modalities).
+Facts of the entries were read from vLLM 0.32's model files (placeholders, windows, modalities) and the
+checkpoints' chat templates.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -15,9 +17,10 @@ from typing import Any
 class ModelSpec:
     """What a stage needs to know about one model family."""
 
-    sample_rate: int
+    # Of the audio it takes (an audio family's; a text family's are unused).
+    sample_rate: int = 16_000
     # Longest audio one request may carry; longer clips are cut into windows of this size.
-    window_s: float
+    window_s: float = 30.0
     # How the prompt is made: "chat" renders the HF processor's chat template with one audio item per
     # clip and the instruction; "audio_only" the same with no text at all (a captioner that takes only
     # audio); "fixed" sends `fixed_prompt` as it is (encoder-decoder models such as Whisper).
@@ -37,11 +40,25 @@ class ModelSpec:
     # The chat template of a family whose prompt its own processor builds in code, with no template in the
     # checkpoint and no HF processor here: the prompt stage renders it with the checkpoint's tokenizer.
     chat_template: str | None = None
+    # Whether the checkpoint has an audio encoder: false for the text LLMs of a rewrite.
+    audio: bool = True
+    # Whether its chat template takes a system turn; if not (Mistral's), the system text opens the user's turn.
+    system_role: bool = True
+    # Further arguments its chat template reads (Qwen3: enable_thinking=False, an answer without thinking).
+    template_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def engine_defaults(self) -> dict[str, Any]:
+        if not self.audio:
+            return dict(self.engine_args)
+        if self.max_audios == 0:  # an audio family run as a text model: vLLM loads no encoder at all
+            return {"language_model_only": True, **self.engine_args}
         limits = {"audio": self.max_audios, **{m: 0 for m in self.other_modalities}}
         return {"limit_mm_per_prompt": limits, **self.engine_args}
+
+    def as_text(self) -> "ModelSpec":
+        """This family as a text model (a rewrite's): chat prompts without audio items."""
+        return replace(self, max_audios=0, prompt_format="chat")
 
 
 # MOSS-Audio's prompt, as its processor writes it (`_build_default_prompt`: Qwen3 chat turns, each audio
@@ -145,6 +162,27 @@ MODELS: dict[str, ModelSpec] = {
         fixed_prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>",
         engine_args={"max_model_len": 448},
     ),
+    # Text LLMs for rewrites (jobs.rewrite): their chat templates ship with the checkpoints.
+    # Qwen/Qwen3-8B and the rest of Qwen3: the template thinks aloud unless told not to.
+    "qwen3": ModelSpec(
+        audio=False,
+        max_audios=0,
+        template_args={"enable_thinking": False},
+        engine_args={"max_model_len": 8192},
+    ),
+    # meta-llama/Llama-3.1-8B-Instruct, Llama-3.3-70B-Instruct: a system turn of their own.
+    "llama3": ModelSpec(
+        audio=False,
+        max_audios=0,
+        engine_args={"max_model_len": 8192},
+    ),
+    # mistralai/Mistral-7B-Instruct-v0.2 (AudioSetCaps' rewriter) and v0.3: the template refuses a system turn.
+    "mistral": ModelSpec(
+        audio=False,
+        max_audios=0,
+        system_role=False,
+        engine_args={"max_model_len": 8192},
+    ),
 }
 
 
@@ -167,21 +205,24 @@ def from_checkpoint(path: str, trust_remote_code: bool = False) -> ModelSpec:
       else the feature extractor's `chunk_length` (Whisper-style), else its `n_samples` / rate;
     - prompt: its chat template, one audio item per clip; one clip per prompt, the template's own system;
     - remote code: a config with `auto_map` (code in the checkpoint);
-    - other modalities (limited to 0): the image or video processors it has."""
+    - other modalities (limited to 0): the image or video processors it has;
+    - a text LLM: a processor that is only a tokenizer (no feature extractor)."""
     import json
     import os
 
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    features = getattr(processor, "feature_extractor", processor)
-    rate = int(getattr(features, "sampling_rate"))
-    window = (getattr(processor, "max_audio_len", None) or getattr(features, "chunk_length", None)
-              or getattr(features, "n_samples", 30 * rate) / rate)
     config = {}
     if os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
             config = json.load(f)
+    if not hasattr(processor, "feature_extractor") and not hasattr(processor, "sampling_rate"):
+        return ModelSpec(audio=False, max_audios=0, remote_code="auto_map" in config)
+    features = getattr(processor, "feature_extractor", processor)
+    rate = int(getattr(features, "sampling_rate"))
+    window = (getattr(processor, "max_audio_len", None) or getattr(features, "chunk_length", None)
+              or getattr(features, "n_samples", 30 * rate) / rate)
     others = tuple(m for m in ("image", "video") if getattr(processor, f"{m}_processor", None) is not None)
     return ModelSpec(sample_rate=rate, window_s=float(window), other_modalities=others,
                      remote_code="auto_map" in config)

@@ -24,14 +24,16 @@ CONVERSATION = "conversation"
 
 # `{column}` in an instruction: a manifest column's value, inserted as text. `{{` and `}}` are braces.
 FIELD = re.compile(r"\{\{|\}\}|\{(\w*)\}")
+# A rewrite's template names answers by prompt too: `{answers.caption}`.
+TEMPLATE = re.compile(r"\{\{|\}\}|\{([\w.]*)\}")
 
 
-def fields(instruction: str) -> list[str]:
+def fields(instruction: str, pattern: re.Pattern = FIELD) -> list[str]:
     """The manifest columns an instruction names."""
-    return [m.group(1) for m in FIELD.finditer(instruction) if m.group(1)]
+    return [m.group(1) for m in pattern.finditer(instruction) if m.group(1)]
 
 
-def fill(instruction: str, row: dict) -> str:
+def fill(instruction: str, row: dict, pattern: re.Pattern = FIELD) -> str:
     """The instruction with each `{column}` replaced by the row's value as text (one pass: braces in values
     stay as they are, nothing is evaluated). Raises KeyError naming a column the row lacks or leaves null."""
     def value(m: re.Match) -> str:
@@ -41,7 +43,7 @@ def fill(instruction: str, row: dict) -> str:
         if v is None:
             raise KeyError(m.group(1))
         return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-    return FIELD.sub(value, instruction)
+    return pattern.sub(value, instruction)
 
 
 def render(processor, spec: ModelSpec, messages: list[dict]) -> str:

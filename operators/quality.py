@@ -20,14 +20,14 @@ from operators.stage import Stage, actors, put
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def _words(text: str) -> list[str]:
+def words_of(text: str) -> list[str]:
     return [w.lower() for w in WORD.findall(text)]
 
 
 def is_loop(text: str, rule) -> bool:
     """Repetition: few distinct words, a run of the same 1..max_ngram words, or a word made of one repeated
     piece ("passpasspass")."""
-    words = _words(text)
+    words = words_of(text)
     if len(words) >= rule.min_words and len(set(words)) / len(words) <= rule.max_unique_ratio:
         return True
     for n in range(1, rule.max_ngram + 1):
@@ -56,24 +56,24 @@ def has_long_word(text: str, rule) -> bool:
                                             and lengths[0] >= rule.ratio * lengths[1])
 
 
-def _plain(text: str) -> str:
-    return " ".join(_words(text))
+def plain(text: str) -> str:
+    return " ".join(words_of(text))
 
 
 class Row:
     """What the rules may look at besides the text."""
 
-    __slots__ = ("seconds", "speech_s", "silent", "finish_reason", "score")
+    __slots__ = ("seconds", "speech_s", "silent", "finish_reason", "score", "accepted")
 
-    def __init__(self, seconds, speech_s, silent, finish_reason, score):
+    def __init__(self, seconds, speech_s, silent, finish_reason, score, accepted=None):
         self.seconds, self.speech_s, self.silent = seconds, speech_s, silent
-        self.finish_reason, self.score = finish_reason, score
+        self.finish_reason, self.score, self.accepted = finish_reason, score, accepted
 
 
 def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
     """The names of the rules `text` trips, in the rules' order."""
     text = text or ""
-    words, low = _words(text), text.lower()
+    words, low = words_of(text), text.lower()
     checks = {
         "empty": lambda r: not text.strip(),
         "too_short": lambda r: bool(text.strip()) and len(words) < r.min_words,
@@ -83,12 +83,13 @@ def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
         "fast_text": lambda r: bool(row.seconds) and len(text.strip()) / row.seconds > r.max_chars_per_s,
         "refusal": lambda r: any(p in low for p in r.phrases),
         "banned": lambda r: any(p in low for p in r.phrases),
-        "hallucination": lambda r: bool(text.strip()) and _plain(text) in {_plain(p) for p in r.phrases},
+        "hallucination": lambda r: bool(text.strip()) and plain(text) in {plain(p) for p in r.phrases},
         "language": lambda r: _wrong_language(text, words, r, language),
         "silent_text": lambda r: row.silent and bool(text.strip()),
         "no_speech": lambda r: row.speech_s is not None and row.speech_s < r.min_speech_s and bool(text.strip()),
         "truncated": lambda r: row.finish_reason == "length",
         "low_clap": lambda r: row.score is not None and row.score < r.min_score,
+        "rejected": lambda r: row.accepted is False,
     }
     return [name for name, check in checks.items() if getattr(rules, name).enabled and check(getattr(rules, name))]
 
@@ -118,7 +119,7 @@ def best(candidates: list[dict], select: str) -> int:
 
 
 class Quality(Stage):
-    reads = ("error",)  # and the job's text column; segment times, speech_s, warning, finish_reason when present
+    reads = ("error",)  # and the job's text column; segment times, speech_s, warning, finish_reason, accepted when present
     writes = ("flags", "keep")  # with candidates: the text column, finish_reason, clap_score, candidates ...
 
     def setup(self) -> None:
@@ -142,6 +143,7 @@ class Quality(Stage):
         starts, ends = col(batch, "segment_start_s"), col(batch, "segment_end_s")
         speech, warnings, reasons, scores = (col(batch, "speech_s"), col(batch, "warning"), col(batch, "finish_reason"),
                                              col(batch, "clap_score"))
+        accepted = col(batch, "accepted")  # a rewrite's acceptance test
         several = "candidates" in batch.column_names
         fresh = "finish_reasons" in batch.column_names
         cands, cand_reasons, cand_scores = (col(batch, "candidates"), col(batch, "finish_reasons"),
@@ -166,8 +168,8 @@ class Quality(Stage):
                 # Straight from generate `candidates` holds all n; in an output (jobs.quality) the others.
                 options = others if fresh else options + others
             for o in options:
-                o["flags"] = flags(o["text"], rules, Row(seconds, speech[i], silent, o["reason"], o["score"]),
-                                   self.language)
+                o["flags"] = flags(o["text"], rules, Row(seconds, speech[i], silent, o["reason"], o["score"],
+                                                         accepted[i]), self.language)
                 o["dropping"] = dropping(o["flags"], rules)
             k = best(options, self.select) if len(options) > 1 else 0
             out["flags"].append(options[k]["flags"])

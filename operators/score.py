@@ -42,7 +42,8 @@ class Score(Stage):
         self.clap_rate: int = self.processor.feature_extractor.sampling_rate
         self.chunk = self.processor.feature_extractor.max_length_s * self.clap_rate
 
-    def _audio(self, batch: pa.Table) -> list[np.ndarray | None]:
+    def waves(self, batch: pa.Table) -> list[np.ndarray | None]:
+        """Each row's window at `self.rate`; None for error rows."""
         errs = errors(batch)
         if "waveform" in batch.column_names:
             waves = [None if w is None else np.concatenate(w) for w in audio_arrays(batch.column("waveform"))]
@@ -76,7 +77,7 @@ class Score(Stage):
         return emb.float().cpu().numpy()
 
     def process(self, batch: pa.Table) -> pa.Table:
-        waves = self._audio(batch)
+        waves = self.waves(batch)
         several = "candidates" in batch.column_names
         texts = (batch.column("candidates").to_pylist() if several else
                  [[t] for t in batch.column(self.column).to_pylist()])

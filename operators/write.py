@@ -39,7 +39,8 @@ def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: st
     """Drop working columns, add provenance, put the columns users query first. `audio` is the list of a
     row's audio uris for question answering (as DataFlow-MM writes it), else the clip's uri."""
     batch = batch.drop_columns([c for c in DROP if c in batch.column_names])
-    if not audio_list and "audio" in batch.column_names:
+    # (A rewrite's rows have it as text already: their input's.)
+    if not audio_list and "audio" in batch.column_names and pa.types.is_list(batch.schema.field("audio").type):
         batch = put(batch, audio=audio_text(batch.column("audio")))
     n = batch.num_rows
     # Unique and stable across runs: the input row's id, the prompt, the window.
@@ -125,8 +126,12 @@ def progress(table: pa.Table, files: list[str], rows: list[int]) -> pa.Table:
     if not files:
         return PROGRESS.empty_table()
     names = set(table.column_names)
-    share = (pc.divide(1.0, pc.cast(pc.multiply(table["segments"], table["prompts"]), pa.float64()))
-             if {"segments", "prompts"} <= names and "input_row" not in names else pa.array([1.0] * table.num_rows))
+    if "input_row" in names and pa.types.is_list(table.schema.field("input_row").type):
+        share = pc.cast(pc.list_value_length(table["input_row"]), pa.float64())  # a rewrite's: the rows it gathered
+    elif {"segments", "prompts"} <= names and "input_row" not in names:
+        share = pc.divide(1.0, pc.cast(pc.multiply(table["segments"], table["prompts"]), pa.float64()))
+    else:
+        share = pa.array([1.0] * table.num_rows)
     # A window's audio once, however many prompts asked of it.
     once = (pc.divide(1.0, pc.cast(table["prompts"], pa.float64()))
             if "prompts" in names and "input_row" not in names else pa.array([1.0] * table.num_rows))

@@ -30,7 +30,7 @@ def test_input_output_flags_override_config(assets, tmp_path):
     ("sampling.max_tokens=many", "sampling.max_tokens: Input should be a valid integer"),
     ("sampling.temperature=-1", "sampling.temperature: Input should be greater than or equal to 0"),
     ("decode.long_audio=drop", "decode.long_audio: Input should be 'split' or 'error'"),
-    ("model.family=gpt", "model.family: Value error, unknown family 'gpt'; known: audio-flamingo-3, gemma3n, midashenglm, moss-audio, qwen2-audio"),
+    ("model.family=gpt", "model.family: Value error, unknown family 'gpt'; known: audio-flamingo-3, gemma3n, llama3, midashenglm, mistral, moss-audio, qwen2-audio"),
     ("nonsense", "expected key=value"),
 ])
 def test_bad_keys_name_the_key_and_what_is_allowed(assets, override, expect):
@@ -92,7 +92,10 @@ def test_prompts_come_from_the_library_by_name_in_order(assets):
     (["prompt.use=[captoin]"], "prompt.use: unknown prompt 'captoin'; known: audio_only, caption, caption_short"),
     (["prompt.use=[caption, caption]"], "prompt.use: Value error, names must be unique"),
     (["prompt.library=nowhere.yaml"], "prompt.library: no such file 'nowhere.yaml'"),
-    (["decode.overlap_s=26"], "decode.overlap_s: must be shorter than the model's 30 s window"),
+    (["decode.overlap_s=26"], "decode.overlap_s: must be shorter than the 30 s window"),
+    (["decode.window_s=40"], "decode.window_s: 40 s is longer than the model's 30 s window"),
+    (["decode.window_s=10", "decode.cut_search_s=5", "decode.overlap_s=5"],
+     "decode.overlap_s: must be shorter than the 10 s window minus decode.cut_search_s"),
 ])
 def test_bad_prompt_and_window_settings_fail_fast(assets, overrides, expect):
     with pytest.raises(config.ConfigError) as e:
@@ -104,6 +107,8 @@ def test_a_caption_job_needs_a_prompt_and_aqa_a_chat_model(assets):
     from jobs import aqa, caption
     from jobs.runner import check
 
+    with pytest.raises(config.ConfigError, match="model.family: 'qwen3' is a text model and cannot listen"):
+        check(config.load(DEMO, ["model.family=qwen3", "model.path=.cache/models/tiny-qwen3"]), caption.JOB)
     with pytest.raises(config.ConfigError, match="prompt.use: name at least one prompt"):
         check(config.load(DEMO, ["prompt.use=[]"]), caption.JOB)
     whisper = config.load("configs/transcribe-demo.yaml")
@@ -124,3 +129,31 @@ def test_what_determines_the_rows_leaves_operational_keys_out(assets):
                              "read.max_chunk_rows=10", "run.stall_s=60", "engine.max_retries=0"])
     assert config.determining(ops, ("model", "prompt", "sampling", "decode", "quality", "score")) == base
     assert base["sampling.max_tokens"] == 24 and base["decode.cut"] == "energy" and "prompt.caption.instruction" in base
+
+
+REWRITE = "configs/recipes/audiosetcaps-rewrite.yaml"
+TEXT = ["model.family=qwen3", "model.path=.cache/models/tiny-qwen3", "score.model=.cache/models/tiny-clap",
+        "input=.cache/labeled/manifest.jsonl", "output=out/never"]
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    (["score.enabled=false"], "rewrite.accept: a CLAP test needs CLAP scores: set score.enabled=true"),
+    (["rewrite.reference=null"], "rewrite.accept.above_reference: needs rewrite.reference"),
+    (["rewrite.accept.above_reference=false", "score.enabled=false"], "rewrite.reference: is scored by CLAP"),
+    (["sampling.temperature=0"], "rewrite.max_tries=3 with sampling.temperature=0 rewrites the same text each time"),
+])
+def test_a_rewrites_acceptance_needs_what_it_tests_with(assets, overrides, expect):
+    with pytest.raises(config.ConfigError) as e:
+        config.load(REWRITE, TEXT + overrides)
+    assert expect in str(e.value)
+
+
+def test_a_rewrite_job_needs_its_section(assets):
+    from jobs import rewrite
+    from jobs.runner import check
+
+    assert check(config.load(REWRITE, TEXT), rewrite.JOB) == {}
+    with pytest.raises(config.ConfigError, match="rewrite: required for this job; give rewrite.template"):
+        check(config.load(DEMO), rewrite.JOB)
+    values = config.determining(config.load(REWRITE, TEXT), rewrite.JOB.determines)
+    assert values["rewrite.max_tries"] == 3 and values["rewrite.accept.above_reference"] is True

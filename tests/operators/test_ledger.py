@@ -182,3 +182,18 @@ def test_s3_commit_is_seen_after_an_earlier_listing(bucket):
     ledger.mark_success()
     fs, root = ledger_mod.output_fs(out)
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root)) == ["_SUCCESS", "_summary.json", "part-a.parquet"]
+
+
+def test_a_rewrites_rows_stand_for_the_rows_they_list(tmp_path):
+    """A rewrite's row lists the input rows (a window's answers) it was made from: those are done, once each."""
+    out = str(tmp_path / "out")
+    t = rows(keys=[(0, 0, 1), (1, 0, 1)], prompt_ids=["rewrite", "rewrite"])
+    t = t.append_column("input_part", pa.array([["p1", "p1", "p2"], ["p2"]], pa.list_(pa.string())))
+    t = t.append_column("input_row", pa.array([[0, 1, 0], [1]], pa.list_(pa.int64())))
+    commit(t, out, "part-a.parquet")
+    ledger = read(out)
+    assert {m: r.tolist() for m, r in ledger.done().items()} == {"p1": [0, 1], "p2": [0, 1]}
+    counts = ledger.counts()
+    assert (counts["rows_out"], counts["output_rows"], counts["duplicate_rows"]) == (4, 2, 0)
+    commit(t.slice(1), out, "part-b.parquet")  # a window committed twice
+    assert read(out).counts()["duplicate_rows"] == 1

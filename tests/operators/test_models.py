@@ -29,6 +29,21 @@ def test_omni_families_ask_vllm_for_no_images_or_videos():
     assert MODELS["midashenglm"].window_s == 10.0 and MODELS["qwen3-omni-captioner"].prompt_format == "audio_only"
 
 
+def test_text_families_and_audio_families_as_text_models():
+    for family in ("qwen3", "llama3", "mistral"):
+        assert not MODELS[family].audio and "limit_mm_per_prompt" not in MODELS[family].engine_defaults
+    # An omni or audio checkpoint rewriting: vLLM loads its language model only, no encoder.
+    for family in ("qwen2.5-omni", "qwen3-omni", "qwen2-audio"):
+        defaults = MODELS[family].as_text().engine_defaults
+        assert defaults["language_model_only"] is True and "limit_mm_per_prompt" not in defaults
+    assert MODELS["qwen3"].template_args == {"enable_thinking": False} and not MODELS["mistral"].system_role
+
+
+def test_auto_knows_a_text_checkpoint_by_its_processor(assets):
+    spec = resolve("auto", ".cache/models/tiny-qwen3")
+    assert not spec.audio and spec.max_audios == 0
+
+
 @pytest.mark.parametrize("family", ["midashenglm", "moss-audio"])
 def test_remote_code_runs_only_when_the_config_says_so(load, family):
     with pytest.raises(config_mod.ConfigError, match=r"^model.trust_remote_code: .* set model.trust_remote_code=true"):
