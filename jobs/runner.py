@@ -203,11 +203,14 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
     if chunks.num_rows:  # else all is committed: no engine to start
         ds = job.build(read.read(chunks, min(cfg.read.concurrency, chunks.num_rows), derived=job.derived), cfg,
                        spec, prompts, column=column, **(build_args or {}))
+        # A gathering job's window leaves its engine as several rows (rewrite.diverse) in one block: the stages
+        # after it keep blocks whole, so that one commit holds all of a window's rows.
+        whole = job.gathers
         if job.checks:
-            ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules, scored=job.scored)
+            ds = checks(ds, cfg, column, spec.sample_rate if spec else None, rules, scored=job.scored, whole=whole)
         ds = write.apply(ds, cfg, column, run_id, started, audio_list=job.conversations,
                          committed=None if job.derived else ledger.partial(), derived=job.derived and not job.gathers,
-                         split_by=job.split_by)
+                         split_by=job.split_by, whole=whole)
         if job.after_commit:
             ds = ds.map_batches(job.after_commit, fn_kwargs={"output": cfg.output}, batch_format="pyarrow", num_cpus=0)
         tracker = Progress(rows_in, resumed, cfg.progress.every_s, cfg.output)
@@ -260,15 +263,15 @@ def waiting(cfg, job: Job) -> str:
     return "every actor is placed, but no stage hands rows on (a hung engine, store or node?)"
 
 
-def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict, scored: bool = False):
+def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict, scored: bool = False, whole: bool = False):
     """What every job does to what it wrote before committing it: CLAP scores (score.enabled, unless the job
     `scored` its rows itself), then the quality flags (quality.enabled), which also keep the best of sampling.n
-    candidates."""
+    candidates. `whole`: batches are the blocks as they come (never cut)."""
     if cfg.score.enabled and not scored:
         # Rows without their audio in `waveform` (derived jobs) decode their window at CLAP's own rate.
         ds = score.apply(ds, cfg, column, sample_rate or 48_000)
     if cfg.quality.enabled:
-        ds = quality.apply(ds, cfg, column, rules)
+        ds = quality.apply(ds, cfg, column, rules, whole)
     return ds
 
 

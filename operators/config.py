@@ -380,6 +380,9 @@ class RewriteCfg(_Strict):
     accept: AcceptCfg = Field(default_factory=AcceptCfg)
     # Tries a window gets: one, and a rewrite with a new seed after each rejected one; the best is kept.
     max_tries: int = Field(1, ge=1)
+    # Rows per window: the k best distinct texts (by acceptance, then CLAP), as SonicCaps keeps many diverse
+    # captions per clip; each try samples sampling.n >= k. One row: the best.
+    diverse: int = Field(1, ge=1)
 
 
 class ErrorsCfg(_Strict):
@@ -515,6 +518,9 @@ def check_rewrite(cfg: JobCfg) -> None:
                           "e.g. rewrite.reference='{labels}'")
     if r.reference and not cfg.score.enabled:
         raise ConfigError("rewrite.reference: is scored by CLAP: set score.enabled=true, or drop the reference")
+    if r.diverse > cfg.sampling.n:
+        raise ConfigError(f"rewrite.diverse={r.diverse}: each try samples sampling.n={cfg.sampling.n} texts; set "
+                          f"sampling.n to at least {r.diverse}")
     if r.max_tries > 1 and cfg.sampling.temperature == 0:
         raise ConfigError(f"rewrite.max_tries={r.max_tries} with sampling.temperature=0 rewrites the same text each "
                           "time; set sampling.temperature (e.g. 0.7)")

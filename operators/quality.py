@@ -191,7 +191,7 @@ class Quality(Stage):
         return batch
 
 
-def apply(ds, cfg, column: str, rules: dict):
+def apply(ds, cfg, column: str, rules: dict, whole: bool = False):
     """Actors that flag every row (the language detector loads once per actor). They reserve no CPU: the
     checks are light, and on a box whose cores the decode and engine actors hold, a reservation here would
     leave none for the read tasks and the pipeline would wait forever."""
@@ -200,7 +200,7 @@ def apply(ds, cfg, column: str, rules: dict):
         fn_constructor_kwargs=dict(column=column, select=cfg.quality.select,
                                    rules={k: v.model_dump() for k, v in rules.items()}),
         batch_format="pyarrow",
-        batch_size=cfg.write.rows_per_file,
+        batch_size=None if whole else cfg.write.rows_per_file,  # whole: blocks as they come, never cut
         compute=actors(cfg.quality.concurrency),
         num_cpus=0,
     )

@@ -6,6 +6,8 @@ accepts a caption only if it matches the audio as well as the clip's labels do),
 content guards: a text that quotes the clip's transcript, or lists its labels as they were given, fails. A
 rejected try is rewritten with a new seed, up to `rewrite.max_tries`; the row keeps its best try (accepted
 first, then the highest score) and says how many were made (`tries`) and why the kept one failed (`rejected`).
+With `rewrite.diverse` = k it keeps the k best distinct texts as k rows (`prompt_id` rewrite-1 ... rewrite-k),
+as SonicCaps keeps many diverse captions per clip; tries go on until k distinct texts pass.
 
 CLAP runs in this actor, loaded after the engine took its memory (vLLM sizes its cache from what is free when
 it starts), so a try is judged as soon as it is written, with no round trip through another pool. A window's
@@ -20,6 +22,7 @@ import pyarrow as pa
 
 from operators.generate import Generate, warned
 from operators.quality import plain, words_of
+from operators.gather import REWRITE
 from operators.stage import errors, put
 
 CLAP_RATE = 48_000  # the rate windows are decoded at for CLAP (its feature extractor's)
@@ -41,12 +44,13 @@ def lists(text: str, labels: list[str]) -> bool:
 
 class Rewrite(Generate):
     reads = ("prompt_text", "error", "reference", *WORKING)  # and `audio` with the window's times when scoring
-    writes = (*Generate.writes, "tries", "accepted", "rejected", "clap_score", "clap_reference")
+    writes = (*Generate.writes, "tries", "accepted", "rejected", "clap_score", "clap_reference", "prompt_id", "prompts")
 
     def setup(self) -> None:
         super().setup()
         self.accept: dict = self.cfg["accept"]
         self.max_tries: int = self.cfg["max_tries"]
+        self.diverse: int = self.cfg["diverse"]
         self.clap = None
         if self.cfg["clap"]:
             from operators.score import Score
@@ -83,7 +87,9 @@ class Rewrite(Generate):
         return [float(x) for x in self.clap.embed_text([t or "" for t in texts]) @ audio]
 
     async def _tries(self, prompt: str, audio, reference: float | None, transcript: str | None, labels: list[str]):
-        best, n_in, n_out, lost = None, 0, 0, []
+        """The window's `diverse` rows: (text, finish reason, score, why it failed) each, best first; tokens in and
+        out, the engines lost, the tries made. Tries go on until `diverse` distinct texts pass, or `max_tries`."""
+        tried, n_in, n_out, lost = {}, 0, 0, []
         for attempt in range(self.max_tries):
             texts, reasons, p, o, warn = await self._one(prompt, None, self.seeded(attempt))
             n_in, n_out, lost = n_in + p, n_out + o, lost + [warn] * bool(warn)
@@ -91,12 +97,13 @@ class Rewrite(Generate):
             for text, reason, score in zip(texts, reasons, scores):
                 why = self.judge(text, score, reference, transcript, labels)
                 rank = (not why, float("-inf") if score is None else score)
-                if best is None or rank > best[0]:
-                    best = (rank, text, reason, score, why)
-            if not best[4]:
+                key = plain(text or "")  # distinct texts: the same words are one text
+                if key not in tried or rank > tried[key][0]:
+                    tried[key] = (rank, text, reason, score, why)
+            if sum(1 for t in tried.values() if not t[4]) >= self.diverse:
                 break
-        _, text, reason, score, why = best
-        return text, reason, n_in, n_out, "; ".join(lost) or None, attempt + 1, not why, "; ".join(why) or None, score
+        best = sorted(tried.values(), key=lambda t: t[0], reverse=True)[:self.diverse]
+        return [t[1:] for t in best], n_in, n_out, "; ".join(lost) or None, attempt + 1
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self._watching()
@@ -118,16 +125,32 @@ class Rewrite(Generate):
                    batch.column("labels_list").to_pylist(), errs, where)
         results = await asyncio.gather(*(self._safe(functools.partial(self._tries, p, a, r, t, lb), e, [str(w)])
                                          for p, a, r, t, lb, e, w in rows))
-        done = [r or (None,) * 9 for r, _ in results]
-        text, reason, n_in, n_out, lost, tries, accepted, rejected, score = (list(c) for c in zip(*done)) if done \
-            else ([],) * 9
-        out = put(batch.drop_columns(list(WORKING)), **{self.column: pa.array(text, pa.string())},
-                  finish_reason=pa.array(reason, pa.string()), prompt_tokens=pa.array(n_in, pa.int32()),
-                  output_tokens=pa.array(n_out, pa.int32()), tries=pa.array(tries, pa.int32()),
-                  accepted=pa.array(accepted, pa.bool_()), rejected=pa.array(rejected, pa.string()),
-                  clap_score=pa.array(score, pa.float64()), clap_reference=pa.array(refs, pa.float64()),
-                  error=pa.array([e for _, e in results], pa.string()))
-        return warned(out, lost)
+        # k rows a window (rewrite.diverse), all in this batch, so that one commit holds a window's rows.
+        k = self.diverse
+        take, cols = [], {c: [] for c in ("text", "reason", "score", "why", "n_in", "n_out", "lost", "tries", "error",
+                                          "ids")}
+        for i, (done, error) in enumerate(results):
+            kept, n_in, n_out, lost, tries = done or ([], None, None, None, None)
+            short = (f"rewrite/not_diverse: {where[i]}: {len(kept)} distinct texts in {tries} tries, where "
+                     f"rewrite.diverse={k} are kept")
+            for j in range(k):
+                text, reason, score, why = kept[j] if j < len(kept) else (None, None, None, None)
+                take.append(i)
+                for c, v in zip(cols, (text, reason, score, "; ".join(why) if why else None, n_in if j == 0 else 0,
+                                      n_out if j == 0 else 0, lost, tries,
+                                      error or (short if j >= len(kept) else None),
+                                      REWRITE if k == 1 else f"{REWRITE}-{j + 1}")):
+                    cols[c].append(v)
+        out = batch.take(pa.array(take, pa.int64())).drop_columns(list(WORKING))
+        out = put(out, **{self.column: pa.array(cols["text"], pa.string())},
+                  finish_reason=pa.array(cols["reason"], pa.string()), prompt_tokens=pa.array(cols["n_in"], pa.int32()),
+                  output_tokens=pa.array(cols["n_out"], pa.int32()), tries=pa.array(cols["tries"], pa.int32()),
+                  accepted=pa.array([None if e else w is None for w, e in zip(cols["why"], cols["error"])], pa.bool_()),
+                  rejected=pa.array(cols["why"], pa.string()), clap_score=pa.array(cols["score"], pa.float64()),
+                  clap_reference=pa.array([refs[i] for i in take], pa.float64()),
+                  error=pa.array(cols["error"], pa.string()), prompt_id=pa.array(cols["ids"], pa.string()),
+                  prompts=pa.array([k] * len(take), pa.int32()))
+        return warned(out, cols["lost"])
 
 
 def apply(ds, cfg, spec, column: str):
@@ -136,4 +159,4 @@ def apply(ds, cfg, spec, column: str):
     r, s = cfg.rewrite, cfg.score
     clap = dict(model=s.model, num_gpus=cfg.engine.num_gpus) if s.enabled else None
     return generate.apply(ds, cfg, spec, column, stage=Rewrite, accept=r.accept.model_dump(), max_tries=r.max_tries,
-                          clap=clap)
+                          diverse=r.diverse, clap=clap)

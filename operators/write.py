@@ -152,7 +152,8 @@ def progress(table: pa.Table, files: list[str], rows: list[int]) -> pa.Table:
 
 
 def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: bool = False,
-          committed: pa.Table | None = None, derived: bool = False, split_by: str | None = None):
+          committed: pa.Table | None = None, derived: bool = False, split_by: str | None = None, whole: bool = False):
+    """One commit per `write.rows_per_file` rows; `whole`: one per block as it comes (a block's rows together)."""
     sampling = json.dumps(cfg.sampling.model_dump(), sort_keys=True)
     return ds.map_batches(write_batch, fn_kwargs=dict(output=cfg.output, run_id=run_id, column=column,
                                                       model=cfg.model.path if cfg.model else None,
@@ -161,7 +162,7 @@ def apply(ds, cfg, column: str, run_id: str, created_at: datetime, audio_list: b
                                                       split_by=split_by),
                           # No CPU reservation: commits must keep pace with the engine even on a box whose cores
                           # the actors hold, or Ray Data defers them to the end and a crash loses everything.
-                          batch_size=cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)
+                          batch_size=None if whole else cfg.write.rows_per_file, batch_format="pyarrow", num_cpus=0)
 
 
 def utcnow() -> datetime:

@@ -112,14 +112,15 @@ def test_the_export_takes_the_rewrites_as_they_are(recipe):
 
 
 def test_a_rewrite_no_try_passes_stops_at_max_tries_and_a_kill_then_resume_gives_each_row_once(recipe, tmp_path):
-    """min_clap 1.0: no text scores that, so every window is tried max_tries times; killed once a part is
-    committed, then resumed: every window once, the rows committed before the kill untouched."""
+    """min_clap 1.0: no text scores that, so every window is tried max_tries times and keeps its 2 best distinct
+    texts as 2 rows (rewrite.diverse); killed once a part is committed, then resumed: every window's rows once,
+    the rows committed before the kill untouched."""
     out = str(tmp_path / "rewrite")
     args = [sys.executable, "-m", "jobs.rewrite", "--config", "configs/recipes/audiosetcaps-rewrite.yaml",
             "--input", f"{recipe['root']}/listen", "--output", out,
             *(f"{k}={json.dumps(v)}" for k, v in recipe["overrides"].items()),
-            "rewrite.accept.min_clap=1.0", "rewrite.max_tries=4", "write.rows_per_file=1", "engine.batch_size=1",
-            "engine.max_inflight_batches=1", "sampling.max_tokens=48", "sampling.min_tokens=48"]
+            "rewrite.accept.min_clap=1.0", "rewrite.max_tries=4", "rewrite.diverse=2", "sampling.n=2",
+            "engine.batch_size=1", "engine.max_inflight_batches=1", "sampling.max_tokens=48", "sampling.min_tokens=48"]
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -133,14 +134,22 @@ def test_a_rewrite_no_try_passes_stops_at_max_tries_and_a_kill_then_resume_gives
     assert done.returncode == 0, done.stderr[-3000:]
     assert all(os.path.getmtime(f"{out}/{f}") == t for f, t in before.items())  # never rewritten
     got = rows(out)
-    assert sorted(window(r) for r in got) == sorted(window(r) for r in recipe["rewrite"])
+    assert sorted(window(r) for r in got) == sorted(window(r) for r in recipe["rewrite"] for _ in range(2))
+    by_window = {}
     for r in got:
-        if r["error"] is None:
-            assert r["tries"] == 4 and r["accepted"] is False and "below rewrite.accept.min_clap=1" in r["rejected"]
-            assert r["output_tokens"] == 4 * 48  # every try's tokens
+        by_window.setdefault(window(r), {})[r["prompt_id"]] = r
+    for pair in by_window.values():
+        assert sorted(pair) == ["rewrite-1", "rewrite-2"] and {r["prompts"] for r in pair.values()} == {2}
+        first, second = pair["rewrite-1"], pair["rewrite-2"]
+        if first["error"] is None:
+            assert first["caption"] != second["caption"] and first["clap_score"] >= second["clap_score"]
+            for r in (first, second):
+                assert r["tries"] == 4 and r["accepted"] is False and "below rewrite.accept.min_clap=1" in r["rejected"]
+            assert (first["output_tokens"], second["output_tokens"]) == (4 * 2 * 48, 0)  # every try's tokens, once
     summary = json.load(open(f"{out}/_summary.json"))
     assert summary["rows_in"] == summary["rows_out"] == len(recipe["listen"]) and summary["duplicate_rows"] == 0
-    assert summary["rows_resumed"] == sum(len(r["input_row"]) for f in before for r in pq.read_table(f"{out}/{f}").to_pylist())
+    assert summary["rows_resumed"] == sum(len(r["input_row"]) for f in before for r in pq.read_table(f"{out}/{f}").to_pylist()
+                                          if r["prompt_id"] == "rewrite-1")
 
 
 @pytest.mark.parametrize("change, said", [

@@ -141,6 +141,7 @@ TEXT = ["model.family=qwen3", "model.path=.cache/models/tiny-qwen3", "score.mode
     (["rewrite.reference=null"], "rewrite.accept.above_reference: needs rewrite.reference"),
     (["rewrite.accept.above_reference=false", "score.enabled=false"], "rewrite.reference: is scored by CLAP"),
     (["sampling.temperature=0"], "rewrite.max_tries=3 with sampling.temperature=0 rewrites the same text each time"),
+    (["rewrite.diverse=3"], "rewrite.diverse=3: each try samples sampling.n=1 texts; set sampling.n to at least 3"),
 ])
 def test_a_rewrites_acceptance_needs_what_it_tests_with(assets, overrides, expect):
     with pytest.raises(config.ConfigError) as e:
