@@ -4,6 +4,13 @@ pipeline streams, so memory must not grow with the manifest.
 
     python bench/memory.py [--rows 2000 20000] [--seconds 1]
 
+`--audio`: where the audio travels. 30 s windows, two prompts, the production config's batch sizes
+(configs/caption.yaml), run twice side by side: "before", the engine handing each row's audio on to the
+end (as it did before the audio left with the requests), and "after", as the job runs now. Printed: the
+object store's peak (sampled from the raylet) and the bytes a row each stage handed on (Ray Data's stats).
+
+    python bench/memory.py --audio [--windows 96]
+
 RSS is sampled every 0.5 s with psutil. Needs `make assets` first.
 """
 from __future__ import annotations
@@ -80,11 +87,82 @@ def measure(rows: int, seconds: float, folder: str) -> dict:
             "largest_worker_mib": sampler.worker // mib, "all_workers_mib": sampler.workers // mib}
 
 
+class StorePeak(threading.Thread):
+    """Peak bytes in the object store of the local Ray, sampled from its raylet until stopped."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.running = True
+
+    def run(self):
+        import ray
+        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        while self.running:
+            self.peak = max(self.peak, get_memory_info_reply(state).store_stats.object_store_bytes_used)
+            time.sleep(0.2)
+
+
+def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
+    """The caption job with the production batch sizes; `keep_audio`: the engine hands the audio on."""
+    import ray
+    import yaml
+
+    from jobs import caption
+    from jobs.runner import Job, run
+    from operators import config, decode, generate, prompt
+
+    def build(ds, cfg, spec, prompts, column):
+        ds = decode.apply(ds, cfg, spec)
+        ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)
+        return generate.apply(ds, cfg, spec, column, keep_audio=keep_audio)
+
+    with open(os.path.join(ROOT, "configs", "caption.yaml")) as f:
+        prod = yaml.safe_load(f)
+    sizes = [f"decode.batch_size={prod['decode']['batch_size']}", f"engine.batch_size={prod['engine']['batch_size']}",
+             f"engine.max_inflight_batches={prod['engine']['max_inflight_batches']}"]
+    cfg = config.load(DEMO, ["prompt.use=[caption,sound_events]", "sampling.max_tokens=1", "sampling.min_tokens=0",
+                             *sizes], input=manifest, output=out)
+    from jobs.runner import LOCAL
+
+    ray.init(address="local", log_to_driver=False, **LOCAL)
+    peak = StorePeak()
+    peak.start()
+    try:
+        summary = run(cfg, Job(caption.COLUMN, build), fresh=True)
+    finally:
+        peak.running = False
+        peak.join()
+        ray.shutdown()
+    assert summary["rows_ok"] == summary["output_rows"], summary
+    return {"store_peak_mib": round(peak.peak / 2 ** 20, 1),
+            "kb_per_row": {n: round(t["bytes_out"] / t["rows_out"] / 1e3, 1)
+                           for n, t in summary["stages"].items() if t["rows_out"] and t["bytes_out"] is not None}}
+
+
+def audio(windows: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = make_manifest(folder, windows, 30.0)
+        before, after = (audio_run(manifest, os.path.join(folder, name), keep)
+                         for name, keep in (("before", True), ("after", False)))
+    for name, r in (("before", before), ("after", after)):
+        print(json.dumps({"run": name, **r}))
+    last = list(after["kb_per_row"])[-2]  # the stage that hands rows to the commit
+    print(f"RESULT windows={windows} store_peak_ratio={after['store_peak_mib'] / before['store_peak_mib']:.2f} "
+          f"{last}_bytes_ratio={after['kb_per_row'][last] / before['kb_per_row'][last]:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs=2, default=[2000, 20000])
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--audio", action="store_true", help="where the audio travels: before and after, side by side")
+    ap.add_argument("--windows", type=int, default=96)
     a = ap.parse_args()
+    if a.audio:
+        return audio(a.windows)
     with tempfile.TemporaryDirectory() as folder:
         small, big = (measure(n, a.seconds, folder) for n in a.rows)
     for r in (small, big):

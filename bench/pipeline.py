@@ -2,16 +2,19 @@
 actors, prompt stage, async engine actor, parquet commits) vs the same vLLM engine fed pre-decoded audio
 in one `LLM.generate` call (the ceiling). Same clips, same sampling (fixed max_tokens, ignore_eos).
 
-    python bench/pipeline.py [--clips 200] [--seconds 5] [--max-tokens 32]
+    python bench/pipeline.py [--clips 200] [--seconds 5] [--max-tokens 32] [--runs 3]
 
 The job's rate is taken in steady state, from the first to the last committed file (engine start-up is
-excluded on both sides). Needs `make assets` first.
+excluded on both sides). Both sides get the same engine arguments and environment (the demo config's).
+The ratio varies from run to run on a small box (the job's side most): each run is printed, then the
+median. Needs `make assets` first.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -94,21 +97,25 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     overrides = [f"sampling.max_tokens={a.max_tokens}", "sampling.ignore_eos=true", "sampling.min_tokens=0",
                  "write.rows_per_file=16", "engine.batch_size=16", "decode.batch_size=16"]
+    print(f"clips {a.clips} x {a.seconds:g} s, {a.max_tokens} tokens each")
+    ratios = []
     with tempfile.TemporaryDirectory() as folder:
         manifest = make_clips(folder, a.clips, a.seconds)
-        job = pipeline(manifest, os.path.join(folder, "out"), overrides)
-        import ray
+        for k in range(a.runs):
+            job = pipeline(manifest, os.path.join(folder, f"out{k}"), overrides)
+            import ray
 
-        ray.shutdown()
-        ceiling = engine_only(manifest, overrides)
-    print(f"clips {a.clips} x {a.seconds:g} s, {a.max_tokens} tokens each")
-    print(f"pipeline (steady state): {job:.2f} clips/s")
-    print(f"engine only, one generate call: {ceiling:.2f} clips/s")
-    print(f"RESULT pipeline_over_engine={job / ceiling:.2f} pipeline_clips_s={job:.2f} engine_clips_s={ceiling:.2f}")
-
+            ray.shutdown()
+            ceiling = engine_only(manifest, overrides)
+            ratios.append(job / ceiling)
+            print(f"run {k + 1}: pipeline (steady state) {job:.2f} clips/s, engine only (one generate call) "
+                  f"{ceiling:.2f} clips/s, ratio {job / ceiling:.2f}", flush=True)
+    print(f"RESULT pipeline_over_engine_median={statistics.median(ratios):.2f} "
+          f"runs={','.join(f'{r:.2f}' for r in ratios)}")
 
 if __name__ == "__main__":
     main()

@@ -314,8 +314,9 @@ def held(spec, manifests: list[str]) -> tuple[list[str] | None, set[str] | None]
 
 
 def stage_times(ds) -> dict:
-    """Per stage (Ray Data operator): `span_s` from its first task's start to its last task's end, and
-    `busy_s`, the time its tasks ran, summed over actors; from Ray Data's own execution stats."""
+    """Per stage (Ray Data operator): `span_s` from its first task's start to its last task's end,
+    `busy_s`, the time its tasks ran, summed over actors, and `bytes_out`, the size of what it handed on (the
+    audio travels as far as a stage that needs it); from Ray Data's own execution stats."""
     def ops(summary):  # Ray keeps each operator's stats on the dataset it made: walk the lineage
         for parent in summary.parents:
             yield from ops(parent)
@@ -328,7 +329,8 @@ def stage_times(ds) -> dict:
                 if op.latest_end_time is not None and op.earliest_start_time is not None else None)
         out[name] = {"span_s": None if span is None else round(span, 2),
                      "busy_s": round(op.wall_time.sum, 2) if op.wall_time else None,
-                     "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else None}
+                     "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else None,
+                     "bytes_out": int(op.output_size_bytes.sum) if op.output_size_bytes else None}
     return out
 
 
@@ -365,7 +367,8 @@ def report(summary: dict, output: str, examples: int = 5) -> None:
           f"out {summary['output_tokens']}  ({summary.get('output_tokens_per_s', 0):.1f}/s this run)")
     for name, t in summary["stages"].items():
         print(f"  stage {name:<14} span {t['span_s'] or 0:7.1f} s  busy {t['busy_s'] or 0:7.1f} s  "
-              f"rows {t['rows_out']}")
+              f"rows {t['rows_out']}" + (f"  {t['bytes_out'] / t['rows_out'] / 1e3:.1f} kB/row"
+                                         if t.get("bytes_out") and t["rows_out"] else ""))
     if "clusters" in summary:
         print(f"dedup: {summary['clusters']} clusters, {summary['duplicates']} duplicates, "
               f"{summary['contaminated']} contaminated, {summary.get('rows_kept', 0)} kept of "

@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from operators.models import ModelSpec
-from operators.stage import Stage, actors, audio_arrays, errors, put
+from operators.stage import Stage, actors, audio_arrays, dropped, errors, put
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ class Generate(Stage):
     reads = ("prompt_text", "waveform", "audio_uris")
     # plus the job's output column; with sampling.n > 1 every candidate in `candidates` and `finish_reasons`
     writes = ("prompt_tokens", "output_tokens", "finish_reason", "error", "warning")
+    # The window's audio (the bulk of a row: 1.9 MB for 30 s) leaves with the request: no stage after the
+    # engine needs it but the CLAP scorer (`keep_audio`: score.enabled), which drops it once it has scored.
+    drops = ("waveform",)
 
     def setup(self) -> None:
         import vllm
@@ -274,7 +277,7 @@ class Generate(Stage):
         if self.several:  # the quality stage keeps the best as the row's text and the rest as candidates
             out = put(out, candidates=pa.array(texts, pa.list_(pa.string())),
                       finish_reasons=pa.array(reasons, pa.list_(pa.string())))
-        return out
+        return out if self.cfg["keep_audio"] else dropped(out, self.drops)
 
 
 def warned(batch: pa.Table, lost: list[str | None]) -> pa.Table:
@@ -294,15 +297,16 @@ class EngineLost(Exception):
                          + (f": {last}" if str(last) else ""))
 
 
-def apply(ds, cfg, spec: ModelSpec, column: str, stage: type = Generate, **extra):
-    """The engine actor pool; `stage` a subclass of Generate (a rewrite's) with its `extra` arguments."""
+def apply(ds, cfg, spec: ModelSpec, column: str, stage: type = Generate, keep_audio: bool | None = None, **extra):
+    """The engine actor pool; `stage` a subclass of Generate (a rewrite's) with its `extra` arguments.
+    `keep_audio`: hand the audio on (default: when the CLAP scorer follows; bench/memory.py's "before")."""
     from operators.config import engine_stall_s
 
     return ds.map_batches(
         stage,
         fn_constructor_kwargs=dict(column=column, sample_rate=spec.sample_rate, sampling=sampling_args(cfg),
                                    engine_args=engine_args(cfg, spec), max_retries=cfg.engine.max_retries,
-                                   stall_s=engine_stall_s(cfg), **extra),
+                                   stall_s=engine_stall_s(cfg), keep_audio=cfg.score.enabled if keep_audio is None else keep_audio, **extra),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(cfg.engine.replicas, cfg.engine.max_inflight_batches),

@@ -28,6 +28,7 @@ def embeddings(out):
 class Score(Stage):
     reads = ("error",)  # and the text column; `waveform`, or `audio` with the segment times
     writes = ("clap_score",)  # and `candidate_scores` with several candidates
+    drops = ("waveform",)  # the last stage that needs the audio
 
     def setup(self) -> None:
         import torch

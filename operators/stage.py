@@ -7,7 +7,7 @@ clips of each row) without per-row Python objects.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,7 @@ class Stage:
 
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
+    drops: ClassVar[tuple[str, ...]] = ()  # read here and by no stage after: they leave the rows
 
     def __init__(self, **cfg: Any):
         self.cfg = cfg
@@ -35,14 +36,17 @@ class Stage:
     def teardown(self) -> None:
         """Release what `setup` took (engine processes)."""
 
-    def process(self, batch: pa.Table) -> pa.Table:
+    def process(self, batch: pa.Table) -> pa.Table | Iterator[pa.Table]:
         raise NotImplementedError
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         missing = [c for c in self.reads if c not in batch.column_names]
         if missing:
             raise KeyError(f"{type(self).__name__} needs columns {missing}; got {batch.column_names}")
-        return self.process(batch)
+        out = self.process(batch)
+        if not self.drops:
+            return out
+        return dropped(out, self.drops) if isinstance(out, pa.Table) else (dropped(t, self.drops) for t in out)
 
     def __del__(self) -> None:
         self.teardown()
@@ -67,6 +71,10 @@ def put(table: pa.Table, **columns: Any) -> pa.Table:
         else:
             table = table.append_column(name, arr)
     return table
+
+
+def dropped(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    return table.drop_columns([c for c in columns if c in table.column_names])
 
 
 def errors(table: pa.Table) -> list[str | None]:

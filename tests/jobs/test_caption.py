@@ -204,51 +204,17 @@ def test_auto_on_a_tensor_parallel_engine_gives_the_entry_s_prompts_and_greedy_c
     assert sum(c is not None for _, c, _ in got.values()) >= 6
 
 
-@pytest.fixture(scope="module")
-def best_of_n(assets, tmp_path_factory):
-    """Three sampled candidates per clip, each scored by a tiny CLAP; the highest score is kept."""
-    d = tmp_path_factory.mktemp("best-of-n")
-    clips = ["tone-16k.wav", "chirp-44k-stereo.flac", "hum-8k.wav", "tone-48k.ogg"]
-    (d / "m.jsonl").write_text("".join(json.dumps({"id": c.split(".")[0], "audio": f"{assets['samples']}/{c}"}) + "\n"
-                                       for c in clips))
-    out = str(d / "out")
-    proc = subprocess.run(CMD + ["--input", str(d / "m.jsonl"), "--output", out, "sampling.max_tokens=8",
-                                 "sampling.n=3", "sampling.temperature=0.9", "score.enabled=true", "score.num_cpus=0.25",
-                                 f"score.model={assets['clap']}", "quality.select=clap_score"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [r for f in sorted(os.listdir(out)) if f.endswith(".parquet")
-            for r in pq.read_table(os.path.join(out, f)).to_pylist()]
+def test_the_audio_rides_to_the_engine_and_no_further(run):
+    """Decode hands on each window's audio (float32 at the model's 16 kHz); every stage after the engine hands
+    on rows a tenth of the shortest window's audio or less: the audio left with the requests (scoring on:
+    tests/jobs/test_fanout.py, where it leaves after the scorer)."""
+    from tests.jobs.test_fanout import per_row
 
-
-def test_best_of_n_keeps_the_highest_scoring_candidate_and_the_other_two(best_of_n):
-    assert len(best_of_n) == 4
-    for r in best_of_n:
-        assert r["error"] is None and len(r["candidates"]) == 2 and len(r["candidate_scores"]) == 2
-        assert r["clap_score"] == max([r["clap_score"], *r["candidate_scores"]])
-        assert len({r["caption"], *r["candidates"]}) > 1  # sampled, not three copies of one text
-
-
-def test_clap_score_equals_transformers_on_the_same_audio_and_text(best_of_n, assets):
-    """The clips are under CLAP's 10 s, so the stage's score is ClapModel's own cosine for the row's audio
-    (decoded as the pipeline does, resampled to CLAP's 48 kHz, its feature extractor's own padding) and
-    each text."""
-    import soxr
-    import torch
-    from transformers import ClapModel, ClapProcessor
-
-    from operators.decode import load
-
-    model, processor = ClapModel.from_pretrained(assets["clap"]).eval(), ClapProcessor.from_pretrained(assets["clap"])
-    for r in best_of_n:
-        wave = soxr.resample(load(r["audio"], 16000)[0], 16000, 48000, quality="HQ")
-        texts = [r["caption"], *r["candidates"]]
-        # Not processor(text=..., audio=..., padding=True): that padding reaches the feature extractor too and
-        # replaces its repeat-padding of short audio.
-        features = processor.feature_extractor(wave, sampling_rate=48000, return_tensors="pt")
-        tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                        input_features=features["input_features"])
-        expected = (out.text_embeds @ out.audio_embeds[0]).tolist()
-        assert [r["clap_score"], *r["candidate_scores"]] == pytest.approx(expected, abs=1e-5)
+    with open(os.path.join(run["out"], "_summary.json")) as f:
+        sizes = per_row(json.load(f))
+    good = [r for r in run["rows"] if r["error"] is None]
+    audio = 4 * 16000 * min(r["segment_end_s"] - r["segment_start_s"] for r in good)
+    names = list(sizes)
+    assert sizes["Decode"] > audio and sizes["Prompt"] > audio
+    after = names[names.index("Generate"):]
+    assert len(after) >= 2 and all(sizes[n] < audio / 10 for n in after), sizes
