@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 assets: setup
 	# espeak-ng synthesizes the speech samples (Debian/Ubuntu package; needs root or sudo).
 	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
-	$(PY) -m jobs.assets
+	$(PY) -m tools.assets
 
 # The review page is tested in a real browser: Debian's chromium and its driver.
 browser:
@@ -35,7 +35,7 @@ demo: assets
 	$(PY) -m jobs.aqa --config configs/aqa-demo.yaml --fresh
 
 test: assets browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 clean:
 	rm -rf out .cache

@@ -99,7 +99,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from jobs.assets import corpus
+    from tools.assets import corpus
 
     work = args.work or tempfile.mkdtemp(prefix="earmark-dedup-")
     t0 = time.time()

@@ -116,7 +116,7 @@ def wer_bench(work: str) -> None:
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from jobs.assets import music, talk
+    from tools.assets import music, talk
 
     wave, rate, sentences = talk(180.0, seed=3)
     bed = music(np.random.default_rng(3), 60.0, rate)

@@ -70,7 +70,7 @@ def per_step(root: str) -> list[tuple[str, int, int]]:
 def real(work: str, clips: int, startup: float) -> None:
     import pyarrow.parquet as pq
 
-    from jobs.assets import corpus
+    from tools.assets import corpus
 
     rows = corpus(os.path.join(work, "audio"), clips, seed=7, copies=(1, 2), seconds=(3.0, 8.0))
     new_groups = set(range(clips - max(clips // 10, 1), clips))

@@ -40,12 +40,12 @@ def make_clips(folder: str, n: int, seconds: float) -> str:
     return os.path.join(folder, "m.jsonl")
 
 
-def pipeline(manifest: str, out: str, overrides: list[str]) -> float:
+def pipeline(manifest: str, out: str, overrides: list[str], config_path: str = DEMO) -> float:
     from jobs import caption
     from jobs.runner import run
     from operators import config
 
-    cfg = config.load(DEMO, overrides, input=manifest, output=out)
+    cfg = config.load(config_path, overrides, input=manifest, output=out)
     summary = run(cfg, caption.JOB, fresh=True)
     assert summary["rows_ok"] == summary["rows_in"], summary
     files = [os.path.join(out, f) for f in os.listdir(out) if f.startswith("part-")]
@@ -60,36 +60,50 @@ def sf_rows(path: str) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def engine_only(manifest: str, overrides: list[str]) -> float:
+def requests(manifest: str, overrides: list[str], config_path: str = DEMO):
+    """(the rendered prompt, every clip decoded at the model's rate, the config): what the engine is fed."""
     from transformers import AutoProcessor
-    from vllm import LLM, SamplingParams
 
     from operators import config
-    from operators.decode import load
-    from operators.generate import engine_args, sampling_args
-    from operators.models import spec
     from operators.conversation import instruction, with_system
+    from operators.decode import load
+    from operators.models import spec
     from operators.prompt import render
 
-    cfg = config.load(DEMO, overrides, input=manifest, output="unused")
-    os.environ.update(cfg.engine.env)
+    cfg = config.load(config_path, overrides, input=manifest, output="unused")
     model = spec(cfg.model.family)
     (ask,) = config.prompts(cfg).values()
     prompt = render(AutoProcessor.from_pretrained(cfg.model.path), model,
                     with_system(instruction(1, ask.instruction), ask.system or cfg.prompt.system))
     folder = os.path.dirname(manifest)
     rows = [json.loads(line) for line in open(manifest)]
-    waves = [load(os.path.join(folder, r["audio"]), model.sample_rate)[0] for r in rows]
-    llm = LLM(**engine_args(cfg, model))
-    requests = [{"prompt": prompt, "multi_modal_data": {"audio": [(w, model.sample_rate)]}} for w in waves]
+    return prompt, [load(os.path.join(folder, r["audio"]), model.sample_rate)[0] for r in rows], cfg
+
+
+def engine_only(manifest: str, overrides: list[str], config_path: str = DEMO, on_start=None,
+                stats: bool = False) -> float:
+    """clips/s of one `LLM.generate` call over every clip, after a warm-up call; the job's engine arguments
+    and environment. `on_start`: called as the timed call starts; `stats`: vLLM logs its engine stats."""
+    from vllm import LLM, SamplingParams
+
+    from operators.generate import engine_args, sampling_args
+    from operators.models import spec
+
+    prompt, waves, cfg = requests(manifest, overrides, config_path)
+    os.environ.update(cfg.engine.env)
+    model = spec(cfg.model.family)
+    llm = LLM(**engine_args(cfg, model), **({"disable_log_stats": False} if stats else {}))
+    feed = [{"prompt": prompt, "multi_modal_data": {"audio": [(w, model.sample_rate)]}} for w in waves]
     params = SamplingParams(**sampling_args(cfg))
-    llm.generate(requests[:4], params, use_tqdm=False)  # warm-up
+    llm.generate(feed[:4], params, use_tqdm=False)  # warm-up
+    if on_start is not None:
+        on_start()
     t0 = time.time()
-    outs = llm.generate(requests, params, use_tqdm=False)
+    outs = llm.generate(feed, params, use_tqdm=False)
     elapsed = time.time() - t0
     llm.llm_engine.engine_core.shutdown()  # else the engine-core process keeps this script from exiting
     assert all(len(o.outputs[0].token_ids) == cfg.sampling.max_tokens for o in outs)
-    return len(requests) / elapsed
+    return len(feed) / elapsed
 
 
 def main() -> None:

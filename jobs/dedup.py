@@ -6,7 +6,7 @@
    decoded by the decode actors, which compute its exact hash and perceptual fingerprint
    (operators/fingerprint.py). Committed under `_identity/` (and `_exclude/`), resumable like every job;
    bad audio becomes an error row.
-2. Clusters: operators/cluster.py finds the copies on Ray (buckets grouped by Ray Data, copies verified in
+2. Clusters: operators/copies.py finds the copies on Ray (buckets grouped by Ray Data, copies verified in
    each bucket) between the new identities and all (earlier runs' too: only the buckets that hold a new row are
    compared) and closes them into clusters; each keeps the row an earlier run kept, or else its row with the
    lowest `id`.
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import runner
-from operators import cluster, decode
+from operators import copies, decode
 from operators import ledger as ledger_mod
 from operators.models import ModelSpec
 from operators.stage import LIGHT_CPUS, put
@@ -58,7 +58,7 @@ def identities(ds, cfg, spec, prompts, column):
 
 def marked(ds, cfg, spec, prompts, column, assignment):
     # The assignment holds only rows in clusters of two or more: one small table shipped with the tasks.
-    return ds.map_batches(cluster.mark, fn_kwargs={"assignment": assignment}, batch_format="pyarrow", num_cpus=0)
+    return ds.map_batches(copies.mark, fn_kwargs={"assignment": assignment}, batch_format="pyarrow", num_cpus=0)
 
 
 IDENTIFY = runner.Job("audio_hash", identities, generates=False, checks=False, determines=("dedup",), reviewed=False)
@@ -133,11 +133,11 @@ def dedup(cfg, fresh: bool = False) -> dict:
     old = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] in marked]
     new = [p for p in parts[IDENTITY] if p.rsplit("/", 1)[-1] not in marked]
     filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    found = cluster.edges(new, old, parts[EXCLUDE], cfg, filesystem)
-    before = cluster.earlier(parts[""], found, filesystem)
-    assignment = cluster.assign(found, before)
+    found = copies.edges(new, old, parts[EXCLUDE], cfg, filesystem)
+    before = copies.earlier(parts[""], found, filesystem)
+    assignment = copies.assign(found, before)
     if new_evaluation and before.num_rows:
-        print(f"dedup: dedup.exclude has {new_evaluation} new evaluation rows; {cluster.remarked(assignment, before)} "
+        print(f"dedup: dedup.exclude has {new_evaluation} new evaluation rows; {copies.remarked(assignment, before)} "
               "rows marked on earlier runs copy them and are not re-marked (their rows stay as committed; --fresh "
               "marks every row again)", flush=True)
     # Marks resume like any derived job: only identity rows not marked yet are marked now.

@@ -309,8 +309,9 @@ def held(spec, manifests: list[str]) -> tuple[list[str] | None, set[str] | None]
         return None, columns
     with fs.open(f"{root}/{ledger_mod.CONFIG}", "r") as f:
         record = json.load(f)
-    # Recorded flat: prompt.<id>.instruction, prompt.<id>.system, and prompt.system.
-    return sorted({k.split(".")[1] for k in record if k.startswith("prompt.") and k != "prompt.system"}), columns
+    # Recorded flat: prompt.<id>.instruction, prompt.<id>.system, and prompt.system and prompt.language.
+    ids = {k.split(".")[1] for k in record if k.startswith("prompt.") and k not in ("prompt.system", "prompt.language")}
+    return sorted(ids), columns
 
 
 def stage_times(ds) -> dict:

@@ -12,8 +12,7 @@ import sys
 
 from jobs.runner import Job, main
 from operators import decode, generate, prompt, stitch
-
-COLUMN = "text"
+from operators.quality import TRANSCRIPT as COLUMN  # a transcript's language rule reads the row's `language`
 
 
 def build(ds, cfg, spec, prompts, column):

@@ -59,6 +59,9 @@ class PromptCfg(_Strict):
     library: str = "configs/prompts.yaml"
     # Prompts of this job: new names, or library names given another text. A string is the instruction.
     custom: dict[str, Union[str, PromptItem]] = Field(default_factory=dict)
+    # The spoken language (ISO 639-1: `fr`) for a model whose prompt names it (multilingual Whisper); a row's
+    # own `language` column wins. Unset: English.
+    language: str | None = None
 
     @field_validator("use")
     @classmethod
@@ -312,7 +315,7 @@ class ScoreCfg(_Strict):
 
 
 class DedupCfg(_Strict):
-    """jobs.dedup: copies of a clip found by fingerprint (operators/fingerprint.py, operators/cluster.py)."""
+    """jobs.dedup: copies of a clip found by fingerprint (operators/fingerprint.py, operators/copies.py)."""
 
     exclude: list[str] = Field(default_factory=list)  # manifests of evaluation sets: rows copying them are marked
     max_ber: float = Field(0.35, gt=0, lt=0.5)  # bit error rate at or under which two clips are copies
@@ -505,6 +508,7 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
     if cfg.model is not None:
         spec = model_spec(cfg)
         check_windows(cfg, spec)
+        check_language(cfg, spec)
         check_prompts(cfg, spec)
     return cfg
 
@@ -574,6 +578,21 @@ def check_prompts(cfg: JobCfg, spec) -> None:
         if "{" in rest or "}" in rest or "{}" in item.instruction:
             raise ConfigError(f"{where}: braces in {item.instruction!r} name no column; write {{column}} for a "
                               "manifest column, {{{{ and }}}} for a brace")
+
+
+def check_language(cfg: JobCfg, spec) -> None:
+    """`prompt.language` against the model: only a prompt that names the language takes one it knows."""
+    lang = cfg.prompt.language
+    if lang is None:
+        return
+    if not spec.languages:
+        raise ConfigError(f"prompt.language: the {cfg.model.family!r} family's prompt names no language (multilingual "
+                          "Whisper's does: model.family=whisper); remove prompt.language")
+    from operators.prompt import whisper_languages
+
+    if lang not in whisper_languages():
+        raise ConfigError(f"prompt.language: {lang!r} is not a language Whisper knows; give an ISO 639-1 code "
+                          "(en, fr, zh, ...)")
 
 
 def check_windows(cfg: JobCfg, spec) -> None:
@@ -711,6 +730,8 @@ def determining(cfg: JobCfg, groups: tuple[str, ...]) -> dict[str, Any]:
         out.update({"model.family": cfg.model.family, "model.path": cfg.model.path})
     if "prompt" in groups:
         out["prompt.system"] = cfg.prompt.system
+        if cfg.prompt.language is not None:  # what a multilingual Whisper is told is spoken
+            out["prompt.language"] = cfg.prompt.language
         out.update({f"prompt.{name}": item.model_dump(exclude={"quality"}) for name, item in prompts(cfg).items()})
     if "sampling" in groups:
         out.update({f"sampling.{k}": v for k, v in cfg.sampling.model_dump().items()})

@@ -346,7 +346,8 @@ class Decode(Stage):
 
     reads = ("audio_uris", "audio_bytes")
     writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "speech_s",
-              "warning", "error")  # identity: audio_hash, fingerprint, signature, active_s instead of audio
+              "warning", "error",
+              "audio_hash", "fingerprint", "signature", "active_s")  # identity: these instead of the audio
     drops = ("audio_bytes",)  # a parquet shard's inline audio: decoded here, needed by no later stage
 
     def setup(self) -> None:

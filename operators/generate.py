@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from operators.models import ModelSpec
-from operators.stage import Stage, actors, audio_arrays, dropped, errors, put
+from operators.stage import Stage, actors, audio_arrays, errors, put
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,15 @@ class Generate(Stage):
         self.sampling = vllm.SamplingParams(**self.cfg["sampling"],
                                             output_kind=vllm.sampling_params.RequestOutputKind.FINAL_ONLY)
         self.several = self.sampling.n > 1
+        if self.cfg["keep_audio"]:  # the CLAP scorer after it drops the audio
+            self.drops = tuple(c for c in self.drops if c != "waveform")
         self.guard = outlive_guard()
         self.node = ray_node()
         self.engine = self._start()
         self.restart_lock = asyncio.Lock()
+
+    def written(self) -> set[str]:
+        return {*self.writes, self.column, "candidates", "finish_reasons"}
 
     def _start(self):
         from vllm.usage.usage_lib import UsageContext
@@ -263,6 +268,7 @@ class Generate(Stage):
             self.watcher = asyncio.ensure_future(self._watch())
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        self.needs(batch)
         self._watching()
         rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
                    errors(batch), batch.column("audio_uris").to_pylist())
@@ -277,7 +283,7 @@ class Generate(Stage):
         if self.several:  # the quality stage keeps the best as the row's text and the rest as candidates
             out = put(out, candidates=pa.array(texts, pa.list_(pa.string())),
                       finish_reasons=pa.array(reasons, pa.list_(pa.string())))
-        return out if self.cfg["keep_audio"] else dropped(out, self.drops)
+        return self.done(batch, out)
 
 
 def warned(batch: pa.Table, lost: list[str | None]) -> pa.Table:

@@ -48,6 +48,11 @@ class ModelSpec:
     template_args: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def languages(self) -> bool:
+        """Whether its prompt names the spoken language (multilingual Whisper)."""
+        return "{language}" in self.fixed_prompt
+
+    @property
     def engine_defaults(self) -> dict[str, Any]:
         if not self.audio:
             return dict(self.engine_args)
@@ -154,12 +159,13 @@ MODELS: dict[str, ModelSpec] = {
         fixed_prompt="<|startoftranscript|><|notimestamps|>",
         engine_args={"max_model_len": 448},
     ),
-    # Whisper, multilingual checkpoints (large-v3, turbo), transcribing English.
+    # Whisper, multilingual checkpoints (large-v3, turbo): the decoder prompt names the spoken language, a
+    # row's `language` column or else `prompt.language` (default English); the row keeps which it was.
     "whisper": ModelSpec(
         sample_rate=16_000,
         window_s=30.0,
         prompt_format="fixed",
-        fixed_prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>",
+        fixed_prompt="<|startoftranscript|><|{language}|><|transcribe|><|notimestamps|>",
         engine_args={"max_model_len": 448},
     ),
     # Text LLMs for rewrites (jobs.rewrite): their chat templates ship with the checkpoints.

@@ -10,6 +10,7 @@ complete). A row with its own conversation (question answering) is answered as i
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -46,6 +47,14 @@ def fill(instruction: str, row: dict, pattern: re.Pattern = FIELD) -> str:
     return pattern.sub(value, instruction)
 
 
+@functools.cache
+def whisper_languages() -> frozenset[str]:
+    """The languages Whisper has a token for (`<|fr|>`): ISO 639-1 codes and a few more (haw, yue)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return frozenset(LANGUAGES)
+
+
 def render(processor, spec: ModelSpec, messages: list[dict]) -> str:
     """The prompt text for HF chat messages (system turn included or not) with audio placeholders."""
     if spec.prompt_format == "fixed":
@@ -61,8 +70,8 @@ def last_user_text(messages: list[dict]) -> str:
 
 
 class Prompt(Stage):
-    reads = ("audio_uris", "chat")
-    writes = ("prompt_id", "prompts", "prompt", "prompt_text", "error")
+    reads = ("audio_uris", "chat")  # and `language` where the model's prompt names it (multilingual Whisper)
+    writes = ("prompt_id", "prompts", "prompt", "prompt_text", "error", "language")
 
     def setup(self) -> None:
         self.spec: ModelSpec = self.cfg["spec"]
@@ -77,6 +86,7 @@ class Prompt(Stage):
             auto = AutoTokenizer if self.spec.chat_template else AutoProcessor
             self.processor = auto.from_pretrained(self.cfg["model_path"], trust_remote_code=self.cfg["trust_remote_code"])
         self.cache: dict[tuple[str, int], str] = {}  # the same prompt for every clip: rendered once
+        self.language: str = self.cfg["language"] or "en"  # where the prompt names one; a row's own wins
 
     def _instruction(self, pid: str, n_audio: int, text: str) -> str:
         """The rendered prompt of an instruction (cached: most instructions are the same for every clip)."""
@@ -111,9 +121,19 @@ class Prompt(Stage):
                     "prompt.use names no prompt to ask instead")
         return None
 
+    def _spoken(self, rendered: str, uris: list[str], lang: str | None) -> tuple[str | None, str, str | None]:
+        """(the prompt naming the language, the language, an error): the row's `language`, else the job's."""
+        lang = lang or self.language
+        if lang not in whisper_languages():
+            return None, lang, (f"prompt/unknown_language: {', '.join(uris)}: the row's language {lang!r} is not one "
+                                "Whisper knows; give an ISO 639-1 code (en, fr, zh, ...)")
+        return rendered.replace("{language}", lang), lang, None
+
     def process(self, batch: pa.Table) -> pa.Table:
-        take, ids, counts, shown, texts, errs = [], [], [], [], [], []
-        chats = batch.column("chat").to_pylist() if "chat" in batch.column_names else [None] * batch.num_rows
+        take, ids, counts, shown, texts, errs, langs = [], [], [], [], [], [], []
+        n = batch.num_rows
+        spoken = batch.column("language").to_pylist() if "language" in batch.column_names else [None] * n
+        chats = batch.column("chat").to_pylist() if "chat" in batch.column_names else [None] * n
         named = sorted({f for p in self.prompts.values() for f in fields(p["instruction"])} & set(batch.column_names))
         values = [dict(zip(named, v)) for v in zip(*(batch.column(c).to_pylist() for c in named))] if named else \
             [{}] * batch.num_rows
@@ -130,6 +150,10 @@ class Prompt(Stage):
                     except KeyError as e:  # only this prompt fails: the row's others may need no field
                         failed = (f"prompt/missing_field: {', '.join(uris)}: the row has no value for {e.args[0]!r}, "
                                   f"which prompt {pid!r} names")
+                lang = spoken[i]
+                if self.spec.languages and failed is None:
+                    rendered, lang, failed = self._spoken(rendered, uris, lang)
+                langs.append(lang)
                 take.append(i)
                 ids.append(pid)
                 counts.append(len(pids))
@@ -137,9 +161,10 @@ class Prompt(Stage):
                 texts.append(rendered)
                 errs.append(failed)
         out = batch.take(pa.array(take, pa.int64()))
-        return put(out, prompt_id=pa.array(ids, pa.string()), prompts=pa.array(counts, pa.int32()),
-                   prompt=pa.array(shown, pa.string()), prompt_text=pa.array(texts, pa.string()),
-                   error=pa.array(errs, pa.string()))
+        out = put(out, prompt_id=pa.array(ids, pa.string()), prompts=pa.array(counts, pa.int32()),
+                  prompt=pa.array(shown, pa.string()), prompt_text=pa.array(texts, pa.string()),
+                  error=pa.array(errs, pa.string()))
+        return put(out, language=pa.array(langs, pa.string())) if self.spec.languages else out
 
 
 def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
@@ -148,7 +173,7 @@ def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
         fn_constructor_kwargs=dict(spec=spec, model_path=cfg.model.path, trust_remote_code=cfg.model.trust_remote_code,
                                    system=cfg.prompt.system,
                                    prompts={k: v.model_dump() for k, v in prompts.items()},
-                                   conversations=conversations),
+                                   conversations=conversations, language=cfg.prompt.language),
         batch_format="pyarrow",
         batch_size=cfg.engine.batch_size,
         compute=actors(1),

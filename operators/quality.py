@@ -18,6 +18,7 @@ import pyarrow as pa
 from operators.stage import Stage, actors, put
 
 WORD = re.compile(r"\w+", re.UNICODE)
+TRANSCRIPT = "text"  # jobs.transcribe's column: its rows' language rule reads the row's `language`
 
 
 def words_of(text: str) -> list[str]:
@@ -63,11 +64,12 @@ def plain(text: str) -> str:
 class Row:
     """What the rules may look at besides the text."""
 
-    __slots__ = ("seconds", "speech_s", "silent", "finish_reason", "score", "accepted")
+    __slots__ = ("seconds", "speech_s", "silent", "finish_reason", "score", "accepted", "language")
 
-    def __init__(self, seconds, speech_s, silent, finish_reason, score, accepted=None):
+    def __init__(self, seconds, speech_s, silent, finish_reason, score, accepted=None, language=None):
         self.seconds, self.speech_s, self.silent = seconds, speech_s, silent
         self.finish_reason, self.score, self.accepted = finish_reason, score, accepted
+        self.language = language  # the row's spoken language, where the job knows it (multilingual Whisper)
 
 
 def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
@@ -84,7 +86,7 @@ def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
         "refusal": lambda r: any(p in low for p in r.phrases),
         "banned": lambda r: any(p in low for p in r.phrases),
         "hallucination": lambda r: bool(text.strip()) and plain(text) in {plain(p) for p in r.phrases},
-        "language": lambda r: _wrong_language(text, words, r, language),
+        "language": lambda r: _wrong_language(text, words, r, language, row.language),
         "silent_text": lambda r: row.silent and bool(text.strip()),
         "no_speech": lambda r: row.speech_s is not None and row.speech_s < r.min_speech_s and bool(text.strip()),
         "truncated": lambda r: row.finish_reason == "length",
@@ -94,14 +96,15 @@ def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
     return [name for name, check in checks.items() if getattr(rules, name).enabled and check(getattr(rules, name))]
 
 
-def _wrong_language(text: str, words: list[str], rule, identifier) -> bool:
-    if rule.expected is None or identifier is None:
+def _wrong_language(text: str, words: list[str], rule, identifier, spoken: str | None) -> bool:
+    """Whether the text is not in the row's spoken language (where the row says it), else `rule.expected`."""
+    expected = spoken or rule.expected
+    if expected is None or identifier is None:
         return False
     # Scripts without spaces (Chinese, Japanese) are one "word" per run: count characters there.
     if max(len(words), len(text.strip()) // 4) < rule.min_words:
         return False
-    expected = dict(identifier.rank(text)).get(rule.expected, 0.0)
-    return expected < 1 - rule.min_confidence
+    return dict(identifier.rank(text)).get(expected, 0.0) < 1 - rule.min_confidence
 
 
 def dropping(names: list[str], rules) -> bool:
@@ -122,6 +125,9 @@ class Quality(Stage):
     reads = ("error",)  # and the job's text column; segment times, speech_s, warning, finish_reason, accepted when present
     writes = ("flags", "keep")  # with candidates: the text column, finish_reason, clap_score, candidates ...
 
+    def written(self) -> set[str]:
+        return {*self.writes, self.column, "finish_reason", "clap_score", "candidates", "candidate_scores"}
+
     def setup(self) -> None:
         from operators.config import Rules
 
@@ -129,7 +135,7 @@ class Quality(Stage):
         self.select: str = self.cfg["select"]
         self.rules = {k: Rules.model_validate(v) for k, v in self.cfg["rules"].items()}
         self.language = None
-        if any(r.language.enabled and r.language.expected for r in self.rules.values()):
+        if any(r.language.enabled for r in self.rules.values()):  # expected, or a row's own `language`
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
             self.language = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
@@ -144,6 +150,8 @@ class Quality(Stage):
         speech, warnings, reasons, scores = (col(batch, "speech_s"), col(batch, "warning"), col(batch, "finish_reason"),
                                              col(batch, "clap_score"))
         accepted = col(batch, "accepted")  # a rewrite's acceptance test
+        # The row's spoken language (multilingual Whisper) is a transcript's; a caption's or an answer's is the prompt's.
+        spoken = col(batch, "language") if self.cfg["transcripts"] else [None] * batch.num_rows
         several = "candidates" in batch.column_names
         fresh = "finish_reasons" in batch.column_names
         cands, cand_reasons, cand_scores = (col(batch, "candidates"), col(batch, "finish_reasons"),
@@ -169,7 +177,7 @@ class Quality(Stage):
                 options = others if fresh else options + others
             for o in options:
                 o["flags"] = flags(o["text"], rules, Row(seconds, speech[i], silent, o["reason"], o["score"],
-                                                         accepted[i]), self.language)
+                                                         accepted[i], spoken[i]), self.language)
                 o["dropping"] = dropping(o["flags"], rules)
             k = best(options, self.select) if len(options) > 1 else 0
             out["flags"].append(options[k]["flags"])
@@ -197,7 +205,7 @@ def apply(ds, cfg, column: str, rules: dict, whole: bool = False):
     leave none for the read tasks and the pipeline would wait forever."""
     return ds.map_batches(
         Quality,
-        fn_constructor_kwargs=dict(column=column, select=cfg.quality.select,
+        fn_constructor_kwargs=dict(column=column, select=cfg.quality.select, transcripts=column == TRANSCRIPT,
                                    rules={k: v.model_dump() for k, v in rules.items()}),
         batch_format="pyarrow",
         batch_size=None if whole else cfg.write.rows_per_file,  # whole: blocks as they come, never cut

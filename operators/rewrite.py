@@ -45,6 +45,7 @@ def lists(text: str, labels: list[str]) -> bool:
 class Rewrite(Generate):
     reads = ("prompt_text", "error", "reference", *WORKING)  # and `audio` with the window's times when scoring
     writes = (*Generate.writes, "tries", "accepted", "rejected", "clap_score", "clap_reference", "prompt_id", "prompts")
+    drops = WORKING  # what the window's texts were judged by; the row keeps `sources` and `prompt`
 
     def setup(self) -> None:
         super().setup()
@@ -105,7 +106,11 @@ class Rewrite(Generate):
         best = sorted(tried.values(), key=lambda t: t[0], reverse=True)[:self.diverse]
         return [t[1:] for t in best], n_in, n_out, "; ".join(lost) or None, attempt + 1
 
+    def written(self) -> set[str]:
+        return {*self.writes, self.column}
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        self.needs(batch)
         self._watching()
         n, errs = batch.num_rows, errors(batch)
         audio, refs = [None] * n, [None] * n
@@ -141,7 +146,7 @@ class Rewrite(Generate):
                                       error or (short if j >= len(kept) else None),
                                       REWRITE if k == 1 else f"{REWRITE}-{j + 1}")):
                     cols[c].append(v)
-        out = batch.take(pa.array(take, pa.int64())).drop_columns(list(WORKING))
+        out = batch.take(pa.array(take, pa.int64()))
         out = put(out, **{self.column: pa.array(cols["text"], pa.string())},
                   finish_reason=pa.array(cols["reason"], pa.string()), prompt_tokens=pa.array(cols["n_in"], pa.int32()),
                   output_tokens=pa.array(cols["n_out"], pa.int32()), tries=pa.array(cols["tries"], pa.int32()),
@@ -150,7 +155,7 @@ class Rewrite(Generate):
                   clap_reference=pa.array([refs[i] for i in take], pa.float64()),
                   error=pa.array(cols["error"], pa.string()), prompt_id=pa.array(cols["ids"], pa.string()),
                   prompts=pa.array([k] * len(take), pa.int32()))
-        return warned(out, cols["lost"])
+        return self.done(batch, warned(out, cols["lost"]))
 
 
 def apply(ds, cfg, spec, column: str):

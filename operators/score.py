@@ -30,6 +30,9 @@ class Score(Stage):
     writes = ("clap_score",)  # and `candidate_scores` with several candidates
     drops = ("waveform",)  # the last stage that needs the audio
 
+    def written(self) -> set[str]:
+        return {*self.writes, "candidate_scores"}
+
     def setup(self) -> None:
         import torch
         from transformers import ClapModel, ClapProcessor

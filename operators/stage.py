@@ -19,8 +19,12 @@ LIGHT_CPUS = 0.25
 
 
 class Stage:
-    """Base class: declare `reads`/`writes`, do heavy set-up in `setup()` (once per actor), and map one
-    batch to the next in `process()`. Rows that already carry an `error` must pass through untouched."""
+    """Base class: declare `reads`/`writes`/`drops`, do heavy set-up in `setup()` (once per actor), and map one
+    batch to the next in `process()`. Rows that already carry an `error` must pass through untouched.
+
+    The declarations are the stage's contract, enforced on every batch (async stages call `needs` and `done`
+    themselves): a column it reads must be there, a column it adds must be declared, and what it drops leaves.
+    """
 
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
@@ -39,14 +43,27 @@ class Stage:
     def process(self, batch: pa.Table) -> pa.Table | Iterator[pa.Table]:
         raise NotImplementedError
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def written(self) -> set[str]:
+        """The columns it may add: `writes`, and those its config names (a job's text column)."""
+        return set(self.writes)
+
+    def needs(self, batch: pa.Table) -> None:
         missing = [c for c in self.reads if c not in batch.column_names]
         if missing:
             raise KeyError(f"{type(self).__name__} needs columns {missing}; got {batch.column_names}")
+
+    def done(self, batch: pa.Table, out: pa.Table) -> pa.Table:
+        """`out` (made from `batch`) without the columns the stage drops; refused if it adds undeclared ones."""
+        out = dropped(out, self.drops)
+        extra = set(out.column_names) - set(batch.column_names) - self.written()
+        if extra:
+            raise KeyError(f"{type(self).__name__} wrote columns it does not declare: {sorted(extra)}")
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table | Iterator[pa.Table]:
+        self.needs(batch)
         out = self.process(batch)
-        if not self.drops:
-            return out
-        return dropped(out, self.drops) if isinstance(out, pa.Table) else (dropped(t, self.drops) for t in out)
+        return self.done(batch, out) if isinstance(out, pa.Table) else (self.done(batch, t) for t in out)
 
     def __del__(self) -> None:
         self.teardown()

@@ -20,7 +20,7 @@ os.chdir(ROOT)  # configs name paths relative to the repo root, as users run the
 
 @pytest.fixture(scope="session")
 def assets() -> dict:
-    from jobs import assets as build
+    from tools import assets as build
 
     root = os.path.join(ROOT, ".cache")
     build.main(["--root", root])
@@ -93,7 +93,10 @@ def caption_run(assets, tmp_path_factory):
         promote_options="default")
     with open(assets["manifest"]) as f:
         manifest = [json.loads(line) for line in f]
-    return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout}
+    with open(os.path.join(out, "_summary.json")) as f:
+        summary = json.load(f)  # this run's: a test's rerun on the output writes its own
+    return {"out": out, "rows": table.to_pylist(), "table": table, "manifest": manifest, "stdout": proc.stdout,
+            "summary": summary}
 
 
 @pytest.fixture(scope="session")

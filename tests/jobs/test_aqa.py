@@ -140,17 +140,27 @@ def test_audio_flamingo_3_on_the_real_engine_hears_all_of_a_40s_clip(data, asset
     assert clip["prompt_tokens"] > 39 * 25  # 25 audio tokens per second, all of it
 
 
-def test_moss_audio_answers_both_formats_on_the_real_engine(data, assets):
+def test_moss_audio_answers_both_formats_and_captions_every_window_on_the_real_engine(data, assets, caption_run):
     """MOSS-Audio through the AQA job (remote-code config opted in, the registry's prompt template, vLLM's
     processor): the engine's prompt tokens equal vLLM's MOSS-Audio processor's for each row's conversation
-    and audio, time markers included; a row with two clips is refused as the model takes one."""
-    from tests.operators.test_prompt import moss_processor
+    and audio, time markers included; a row with two clips is refused as the model takes one. The same run
+    (one engine start) asks the caption demo's rows, which have no conversation, `prompt.use`'s caption
+    prompt: the same rows, windows and errors as the default model's caption run, and prompt tokens equal
+    the processor's for that prompt and that much audio."""
+    import numpy as np
+
+    from operators.models import spec
+    from operators.prompt import render
+    from tests.operators.test_prompt import caption, moss_processor
 
     out = str(data.parent / "out-moss")
-    job(["--input", f"{data}/data/[dms]*.jsonl", "--output", out, "model.family=moss-audio",
-         f"model.path={assets['moss']}", "model.trust_remote_code=true", "sampling.max_tokens=8"])
-    rows = outputs(out)
     manifests = sorted(glob.glob(f"{data}/data/[dms]*.jsonl"))
+    # The caption run's windows: its overlap (tests/conftest.py's CAPTION_CMD); the AQA rows are shorter than one.
+    job(["--output", out, f"input={json.dumps([*manifests, assets['manifest']])}", "model.family=moss-audio",
+         f"model.path={assets['moss']}", "model.trust_remote_code=true", "sampling.max_tokens=8",
+         "prompt.use=[caption]", "decode.overlap_s=2"])
+    everything = outputs(out)
+    rows = [r for r in everything if r["source_manifest"] != assets["manifest"]]
     assert sorted((r["source_manifest"], r["source_row"]) for r in rows) == sorted(
         (m, i) for m in manifests for i, _ in enumerate(open(m)))
     (two,) = [r for r in rows if r["id"] == "two-audios"]
@@ -161,3 +171,14 @@ def test_moss_audio_answers_both_formats_on_the_real_engine(data, assets):
     for r in good:
         assert r["prompt_tokens"] == expected_prompt_tokens(processor, "moss-audio", r["source_manifest"], r["source_row"],
                                                             "You are a helpful assistant.", processor.tokenizer), r["id"]
+    captions = [r for r in everything if r["source_manifest"] == assets["manifest"]]
+    key = lambda r: (r["source_row"], r["segment"])  # noqa: E731
+    assert sorted(map(key, captions)) == sorted(map(key, caption_run["rows"]))
+    assert {key(r): r["error"] for r in captions} == {key(r): r["error"] for r in caption_run["rows"]}
+    for r in captions:
+        if r["error"] is None:
+            assert r["prompt_id"] == "caption" and r["answer"] and 4 <= r["output_tokens"] <= 8, r
+            wave = np.zeros(round((r["segment_end_s"] - r["segment_start_s"]) * 16000), np.float32)
+            text = render(processor.tokenizer, spec("moss-audio"),
+                          caption(system="You are a helpful assistant.", text=r["prompt"]))
+            assert r["prompt_tokens"] == len(processor(text=text, audio=[wave])["input_ids"][0]), r["id"]

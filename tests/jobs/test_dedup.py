@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from jobs.assets import copy, corpus
+from tools.assets import copy, corpus
 from tests.jobs.test_runner import parts, pids, wait_for
 
 CMD = [sys.executable, "-m", "jobs.dedup", "--config", "configs/dedup-demo.yaml"]

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from jobs import night
-from jobs.assets import copy, corpus
+from tools.assets import copy, corpus
 from tests.jobs.test_runner import parts, pids, wait_for
 
 CMD = [sys.executable, "-m", "jobs.night", "--config", "configs/night-demo.yaml"]

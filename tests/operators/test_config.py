@@ -116,6 +116,15 @@ def test_a_caption_job_needs_a_prompt_and_aqa_a_chat_model(assets):
         check(whisper, aqa.JOB)
 
 
+def test_prompt_language_needs_a_prompt_that_names_one_and_a_language_whisper_knows(assets):
+    with pytest.raises(config.ConfigError, match="prompt.language: the 'qwen2-audio' family's prompt names no language"):
+        config.load(DEMO, ["prompt.language=fr"])
+    with pytest.raises(config.ConfigError, match="prompt.language: 'french' is not a language Whisper knows"):
+        config.load("configs/transcribe-demo.yaml", ["model.family=whisper", "prompt.language=french"])
+    french = config.load("configs/transcribe-demo.yaml", ["model.family=whisper", "prompt.language=fr"])
+    assert config.determining(french, ("prompt",))["prompt.language"] == "fr"  # a rerun in another is refused
+
+
 @pytest.mark.parametrize("extra", [[], ["score.enabled=true", "score.model=.cache/models/tiny-clap"]])
 def test_several_candidates_need_the_quality_stage_that_keeps_the_best(assets, extra):
     with pytest.raises(config.ConfigError, match="sampling.n > 1 needs quality.enabled=true"):

@@ -80,7 +80,7 @@ def test_auto_reads_the_facts_of_the_checkpoint(assets):
 
 def stage(spec, path, prompts):
     return Prompt(spec=spec, trust_remote_code=False, model_path=path, system=None, prompts=prompts,
-                  conversations=False)
+                  conversations=False, language=None)
 
 
 def rows(**columns):

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -176,7 +177,7 @@ def test_moss_audio_prompt_is_the_one_its_processor_writes(assets):
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe this audio.<|im_end|>\n<|im_start|>assistant\n")
     stage = Prompt(spec=MOSS, trust_remote_code=True, model_path=assets["moss"], system=None,
-                   prompts={"caption": {"instruction": "Describe this audio.", "system": None}}, conversations=False)
+                   prompts={"caption": {"instruction": "Describe this audio.", "system": None}}, conversations=False, language=None)
     assert stage(rows([None])).column("prompt_text")[0].as_py() == render(tok, MOSS, caption(text="Describe this audio."))
 
 
@@ -197,6 +198,32 @@ def test_whisper_prompt_is_fixed():
     assert render(None, spec("whisper-en"), caption()) == "<|startoftranscript|><|notimestamps|>"
 
 
+def test_multilingual_whisper_is_told_the_rows_language_or_the_jobs(assets):
+    """A row's `language` wins over prompt.language; the row keeps the language its prompt named, and the
+    prompt tokenizes to Whisper's own token for it. A language Whisper has no token for is the row's error."""
+    from transformers import AutoTokenizer
+
+    path = os.path.join(os.path.dirname(assets["model"]), "whisper-tiny-en")  # its tokenizer has every language token
+    stage = Prompt(spec=spec("whisper"), trust_remote_code=False, model_path=path, system=None,
+                   prompts={"transcribe": {"instruction": "Transcribe.", "system": None}}, conversations=False,
+                   language="de")
+    out = stage(rows([None] * 3).append_column("language", pa.array(["fr", None, "xx"], pa.string())))
+    assert out.column("language").to_pylist() == ["fr", "de", "xx"]
+    texts, errs = out.column("prompt_text").to_pylist(), out.column("error").to_pylist()
+    assert texts[:2] == ["<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>",
+                         "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>"]
+    assert errs[:2] == [None, None] and texts[2] is None
+    assert errs[2] == ("prompt/unknown_language: a.wav: the row's language 'xx' is not one Whisper knows; give an "
+                       "ISO 639-1 code (en, fr, zh, ...)")
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok(texts[0], add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|fr|>", "<|transcribe|>", "<|notimestamps|>"])
+    english = Prompt(spec=spec("whisper"), trust_remote_code=False, model_path=path, system=None,
+                     prompts={"transcribe": {"instruction": "Transcribe.", "system": None}}, conversations=False,
+                     language=None)(rows([None]))
+    assert english.column("language").to_pylist() == ["en"]  # unset: English, as before
+
+
 def rows(chats, uris=None, err=None):
     n = len(chats)
     return pa.table({"id": [f"r{i}" for i in range(n)],
@@ -209,7 +236,7 @@ PROMPTS = {"caption": {"instruction": "Describe it.", "system": None},
 
 
 def test_fan_out_gives_every_clip_every_prompt(assets):
-    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False, language=None)
     out = stage(rows([None, None]))
     assert out.column("id").to_pylist() == ["r0"] * 3 + ["r1"] * 3
     assert out.column("prompt_id").to_pylist() == ["caption", "events", "lang"] * 2
@@ -221,7 +248,7 @@ def test_fan_out_gives_every_clip_every_prompt(assets):
 
 def test_error_rows_fan_out_too(assets):
     """A clip that failed to decode still comes out once per prompt, with its error."""
-    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False, language=None)
     out = stage(rows([None], err="decode/missing: a.wav: no such file"))
     assert out.column("prompt_id").to_pylist() == list(PROMPTS)
     assert out.column("error").to_pylist() == ["decode/missing: a.wav: no such file"] * 3
@@ -230,7 +257,7 @@ def test_error_rows_fan_out_too(assets):
 
 def test_conversations_are_answered_as_they_are(assets):
     chat = json.dumps(conv.from_dataflow([{"from": "human", "value": "<audio>What is it?"}], ["a.wav"]))
-    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True)
+    stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True, language=None)
     out = stage(rows([chat, None]))
     assert out.column("prompt_id").to_pylist() == [CONVERSATION] * 2
     assert out.column("prompt").to_pylist()[0] == "What is it?"
@@ -239,6 +266,6 @@ def test_conversations_are_answered_as_they_are(assets):
 
 
 def test_too_many_audio_items_is_the_rows_error(assets):
-    stage = Prompt(spec=AF3, trust_remote_code=False, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False)
+    stage = Prompt(spec=AF3, trust_remote_code=False, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False, language=None)
     out = stage(rows([None], uris=[["a.wav", "b.wav"]]))
     assert out.column("error")[0].as_py().startswith("prompt/too_many_audio: a.wav, b.wav: the model takes at most 1")

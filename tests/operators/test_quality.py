@@ -74,6 +74,18 @@ def test_wrong_language_is_flagged_and_short_or_unsure_text_is_not(rules, langua
     assert "language" not in check("Ja.", rules, language=language)  # too short to judge
 
 
+def test_a_transcript_is_checked_against_its_rows_language(rules, language):
+    """A row that says its language (multilingual Whisper's `language`) is checked against it, not against
+    the rule's `expected`."""
+    german = "Ein Hund bellt in der Ferne, während Regen auf ein Blechdach fällt."
+
+    def said(text, spoken):
+        return flags(text, rules[""], Row(10.0, None, False, "stop", None, None, spoken), language)
+
+    assert "language" not in said(german, "de") and "language" in said(SENTENCE, "de")
+    assert "language" in said(german, None)  # no language on the row: the rule's (en)
+
+
 def test_prompts_change_rules(rules, language):
     """configs/prompts.yaml: transcripts want fast_text and no_speech; Chinese transcripts expect Chinese."""
     text = "Please send the quarterly report to the finance team by Friday."
@@ -111,7 +123,7 @@ def test_best_of_n_keeps_the_best_and_the_others():
 
 
 def test_the_stage_flags_rows_and_keeps_what_passes(rules):
-    stage = Quality(column="caption", select="fewest_flags", rules={k: v.model_dump() for k, v in rules.items()})
+    stage = Quality(column="caption", transcripts=False, select="fewest_flags", rules={k: v.model_dump() for k, v in rules.items()})
     batch = pa.table({"caption": [SENTENCE, "the the the the the the", None, SENTENCE],
                       "error": [None, None, "decode/missing: a.wav: no such file", None],
                       "prompt_id": ["caption"] * 4, "segment_start_s": [0.0] * 4, "segment_end_s": [5.0] * 4,
@@ -123,7 +135,7 @@ def test_the_stage_flags_rows_and_keeps_what_passes(rules):
 
 
 def test_the_stage_picks_one_of_n_candidates(rules):
-    stage = Quality(column="caption", select="fewest_flags", rules={k: v.model_dump() for k, v in rules.items()})
+    stage = Quality(column="caption", transcripts=False, select="fewest_flags", rules={k: v.model_dump() for k, v in rules.items()})
     batch = pa.table({"caption": ["pass pass pass pass"], "error": pa.array([None], pa.string()),
                       "prompt_id": ["caption"], "candidates": [["pass pass pass pass", SENTENCE, "Rain."]],
                       "finish_reasons": [["length", "stop", "stop"]]})
@@ -135,7 +147,7 @@ def test_the_stage_picks_one_of_n_candidates(rules):
 
 def test_a_re_check_chooses_among_the_kept_text_and_the_others(rules):
     """In an output the row's text is the kept candidate and `candidates` the others: all are weighed again."""
-    stage = Quality(column="caption", select="clap_score", rules={k: v.model_dump() for k, v in rules.items()})
+    stage = Quality(column="caption", transcripts=False, select="clap_score", rules={k: v.model_dump() for k, v in rules.items()})
     batch = pa.table({"caption": ["Rain."], "error": pa.array([None], pa.string()), "prompt_id": ["caption"],
                       "clap_score": [0.3], "candidates": [[SENTENCE, "x x x x"]], "candidate_scores": [[0.7, 0.5]]})
     out = stage(batch).to_pylist()[0]

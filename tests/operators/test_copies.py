@@ -2,7 +2,7 @@
 copies marked."""
 import pyarrow as pa
 
-from operators.cluster import EXCLUDE, INPUT, assign, mark, remarked, verify
+from operators.copies import EXCLUDE, INPUT, assign, mark, remarked, verify
 
 
 def edges(pairs):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jobs.whisper_ct2 import ConversionError, packaged_source, read_ct2, to_hf_state
+from tools.whisper_ct2 import ConversionError, packaged_source, read_ct2, to_hf_state
 
 
 @pytest.fixture(scope="module")

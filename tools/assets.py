@@ -6,7 +6,7 @@ config with seeded random weights and a BPE tokenizer trained on a few sentences
 noise; the plumbing (prompt, placeholders, audio features, engine, Ray) is the real one. The speech
 clips (espeak-ng) carry their reference text, so the transcription job can be scored by word error rate.
 
-    python -m jobs.assets [--root .cache]     # idempotent: skips what exists
+    python -m tools.assets [--root .cache]     # idempotent: skips what exists
 """
 from __future__ import annotations
 
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         build_samples(samples)
     whisper = os.path.join(models, "whisper-tiny-en")
     if not os.path.isdir(whisper):
-        from jobs.whisper_ct2 import convert, packaged_source
+        from tools.whisper_ct2 import convert, packaged_source
 
         convert(packaged_source(), whisper)
     speech = os.path.join(root, "speech")

@@ -1,0 +1,43 @@
+"""The stage contract: what a stage reads must be there, what it adds must be declared, what it drops leaves,
+for a stage that returns one table and one that yields several."""
+import pyarrow as pa
+import pytest
+
+from operators.stage import Stage, put
+
+
+class Tag(Stage):
+    reads = ("text",)
+    writes = ("tag",)
+    drops = ("waveform",)
+
+    def process(self, batch):
+        return put(batch, tag=[t.upper() for t in batch.column("text").to_pylist()], **self.cfg)
+
+
+class Split(Tag):
+    def process(self, batch):
+        for k in range(batch.num_rows):
+            yield put(batch.slice(k, 1), tag=["x"], **self.cfg)
+
+
+BATCH = pa.table({"text": ["a", "b"], "waveform": [[0.0], [1.0]]})
+
+
+@pytest.mark.parametrize("stage", [Tag, Split])
+def test_declared_columns_are_written_and_dropped_ones_leave(stage):
+    out = stage()(BATCH)
+    for table in [out] if isinstance(out, pa.Table) else list(out):
+        assert table.column_names == ["text", "tag"]
+
+
+@pytest.mark.parametrize("stage", [Tag, Split])
+def test_a_column_the_stage_does_not_declare_is_refused(stage):
+    with pytest.raises(KeyError, match=rf"{stage.__name__} wrote columns it does not declare: \['note'\]"):
+        out = stage(note=["?", "?"] if stage is Tag else ["?"])(BATCH)
+        list(out) if not isinstance(out, pa.Table) else out
+
+
+def test_a_column_the_stage_reads_must_be_there():
+    with pytest.raises(KeyError, match=r"Tag needs columns \['text'\]"):
+        Tag()(BATCH.drop_columns(["text"]))
