@@ -11,15 +11,17 @@ for the two vLLM sides the engine's batch sizes seen (vLLM's own "Running: N req
 second). Targets on one H100/H200: job >= 1.35x `LLM.generate`, GPU busy >= 90 %.
 
     python bench/gpu.py [--clips 512]          # one GPU, about 8 minutes
-    python bench/gpu.py --tiny [--clips 48]    # the tiny Qwen2-Audio on CPU: the same code, tested here
+    python bench/gpu.py --tiny [--clips 64]    # the tiny Qwen2-Audio on CPU: the same code, tested here
 
 The 7B shape is the tiny checkpoint's config with Qwen2-Audio-7B's sizes (its tokenizer and processor, so
-the prompt and audio tokens are the real model's count); the job's rate is taken in steady state (first to
-last committed file), `LLM.generate` after a warm-up call. Needs `make assets` first.
+the prompt and audio tokens are the real model's count); the job's rate is its rows over its engine stage's
+span (first batch in to last out), `LLM.generate`'s one timed call after a warm-up call: engine start-up is
+left out of both. Needs `make assets` first.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -33,7 +35,7 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
-import pipeline  # noqa: E402  (bench/pipeline.py: clips, the job's steady-state rate)
+import pipeline  # noqa: E402  (bench/pipeline.py: the clips, the engine-only side)
 
 ROOT = pipeline.ROOT
 TINY = os.path.join(ROOT, ".cache", "models", "tiny-qwen2-audio")
@@ -59,7 +61,8 @@ def shape_7b(folder: str) -> str:
 
 
 class Busy(threading.Thread):
-    """The GPU's utilization (NVML, percent of time a kernel ran) sampled until stopped; None on CPU."""
+    """The GPU's utilization (NVML: percent of time a kernel ran) sampled every 0.2 s until stopped; no
+    samples on CPU."""
 
     def __init__(self, gpu: bool):
         super().__init__(daemon=True)
@@ -73,13 +76,15 @@ class Busy(threading.Thread):
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         while self.running:
-            self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            self.samples.append((time.time(), pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
             time.sleep(0.2)
 
-    def stop(self) -> float | None:
+    def stop(self, since: float = 0.0) -> float | None:
+        """The mean busy percent of the samples taken after `since`; None without samples."""
         self.running = False
         self.join()
-        return round(statistics.mean(self.samples), 1) if self.samples else None
+        kept = [u for t, u in self.samples if t >= since]
+        return round(statistics.mean(kept), 1) if kept else None
 
 
 def batches(lines) -> dict | None:
@@ -89,18 +94,28 @@ def batches(lines) -> dict | None:
     return {"max": max(seen), "median": statistics.median(seen), "samples": len(seen)} if seen else None
 
 
-def job(manifest: str, out: str, config: str, overrides: list[str], gpu: bool) -> dict:
+def job(manifest: str, out: str, config_path: str, overrides: list[str], gpu: bool) -> dict:
+    """The caption job's rate while its engine worked: rows over the Generate stage's span (first batch in to
+    last out: engine start-up excluded, as on the other sides), the GPU's busy share over that span."""
     import ray
 
+    from jobs import caption
+    from jobs.runner import run
+    from operators import config
+
+    cfg = config.load(config_path, overrides, input=manifest, output=out)
     busy = Busy(gpu)
     busy.start()
-    rate = pipeline.pipeline(manifest, out, overrides, config)
-    share = busy.stop()
+    summary = run(cfg, caption.JOB, fresh=True)
+    assert summary["rows_ok"] == summary["rows_in"], summary
+    span = summary["stages"]["Generate"]["span_s"]
+    last = max(os.stat(os.path.join(out, f)).st_mtime for f in os.listdir(out) if f.startswith("part-"))
+    share = busy.stop(since=last - span)
     logs = ray._private.worker._global_node.get_logs_dir_path()  # the engine actor logs its stats there
     lines = [line for name in os.listdir(logs) if name.startswith("worker-") and name.endswith((".out", ".err"))
              for line in open(os.path.join(logs, name), errors="replace")]
     ray.shutdown()
-    return {"clips_s": round(rate, 2), "gpu_busy_pct": share, "engine_running_reqs": batches(lines)}
+    return {"clips_s": round(summary["rows_in"] / span, 2), "gpu_busy_pct": share, "engine_running_reqs": batches(lines)}
 
 
 class Lines(logging.Handler):
@@ -113,11 +128,13 @@ class Lines(logging.Handler):
 
 
 def engine(manifest: str, config: str, overrides: list[str], gpu: bool) -> dict:
+    importlib.import_module("vllm")  # first: importing vLLM configures its logger, dropping handlers added before
+
     lines = Lines()
     logging.getLogger("vllm").addHandler(lines)
     busy = Busy(gpu)
     rate = pipeline.engine_only(manifest, overrides, config, on_start=busy.start, stats=True)
-    share = busy.stop()
+    share = busy.stop()  # started with the timed call
     logging.getLogger("vllm").removeHandler(lines)
     return {"clips_s": round(rate, 2), "gpu_busy_pct": share, "engine_running_reqs": batches(lines.lines)}
 
@@ -159,12 +176,13 @@ def transformers_generate(manifest: str, config: str, overrides: list[str], gpu:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the tiny Qwen2-Audio on CPU (the demo config's engine)")
-    ap.add_argument("--clips", type=int, help="clips for the job and LLM.generate (default 512; --tiny 48)")
+    ap.add_argument("--clips", type=int, help="clips for the job and LLM.generate (default 512; --tiny 64)")
     ap.add_argument("--hf-clips", type=int, help="clips for transformers generate (default 128; --tiny 32)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-tokens", type=int, help="default 64; --tiny 16")
     a = ap.parse_args()
-    clips = a.clips or (48 if a.tiny else 512)
+    os.environ["VLLM_LOG_STATS_INTERVAL"] = "1"  # before vLLM reads it: its stats line every second
+    clips = a.clips or (64 if a.tiny else 512)
     hf_clips = a.hf_clips or (32 if a.tiny else 128)
     tokens = a.max_tokens or (16 if a.tiny else 64)
     sampling = [f"sampling.max_tokens={tokens}", "sampling.min_tokens=0", "sampling.ignore_eos=true",

@@ -263,9 +263,22 @@ class Generate(Stage):
             why = f"{type(e).__name__}: {e}"
         return None, f"generate/{kind}: {', '.join(uris)}: {why}"
 
+    async def _stats(self) -> None:
+        """vLLM's own stats line (throughput, running and waiting requests) in the actor's log every
+        VLLM_LOG_STATS_INTERVAL s, as its server writes it: an engine used offline never does."""
+        import vllm.envs as envs
+
+        while True:
+            await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+            try:
+                await self.engine.do_log_stats()
+            except Exception:  # noqa: BLE001 - an engine being replaced has no stats to give; the next one will
+                pass
+
     def _watching(self) -> None:
         if self.watcher is None:  # the actor's event loop runs only from its first call
             self.watcher = asyncio.ensure_future(self._watch())
+            self.stats = asyncio.ensure_future(self._stats())
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self.needs(batch)
