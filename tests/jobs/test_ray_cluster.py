@@ -42,9 +42,12 @@ def cluster(tmp_path_factory):
     import urllib.error
     import urllib.request
 
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
+    # The job agent's port too: at its default (52365) it clashes with another local Ray's agent still up, and
+    # then every submit is answered "No available agent to submit job" (seen once in a full suite).
     start = [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2"]
+             f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--dashboard-host=127.0.0.1",
+             "--include-dashboard=true", "--num-cpus=2"]
     # As on a cluster node where the project is installed: `python` is the project's environment.
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
