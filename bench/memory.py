@@ -111,7 +111,7 @@ def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
     import yaml
 
     from jobs import caption
-    from jobs.runner import Job, run
+    from jobs.runner import LOCAL, Job, run
     from operators import config, decode, generate, prompt
 
     def build(ds, cfg, spec, prompts, column):
@@ -125,8 +125,6 @@ def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
              f"engine.max_inflight_batches={prod['engine']['max_inflight_batches']}"]
     cfg = config.load(DEMO, ["prompt.use=[caption,sound_events]", "sampling.max_tokens=1", "sampling.min_tokens=0",
                              *sizes], input=manifest, output=out)
-    from jobs.runner import LOCAL
-
     ray.init(address="local", log_to_driver=False, **LOCAL)
     peak = StorePeak()
     peak.start()

@@ -149,7 +149,8 @@ class Generate(Stage):
         self.inflight: dict[asyncio.Task, Any] = {}
         self.moved_at = time.monotonic()
         self.stalled = weakref.WeakSet()  # the engines found stalled (while a request still holds one)
-        self.watcher: asyncio.Task | None = None
+        self.watcher: asyncio.Task | None = None  # the stall watch, and the stats line every VLLM_LOG_STATS_INTERVAL
+        self.stats: asyncio.Task | None = None
         # FINAL_ONLY: one output per request, with all `n` candidates (streamed outputs carry one each).
         self.sampling = vllm.SamplingParams(**self.cfg["sampling"],
                                             output_kind=vllm.sampling_params.RequestOutputKind.FINAL_ONLY)

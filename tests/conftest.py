@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +35,35 @@ def assets() -> dict:
             "longform": os.path.join(root, "longform"),
             "manifest": os.path.join(root, "samples", "manifest.jsonl"),
             "samples": os.path.join(root, "samples")}
+
+
+def wait_for(predicate, timeout, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"job ended early with {proc.returncode}")
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def pids(pattern):
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if int(p) != os.getpid()]
+
+
+def ray_started(output: str) -> bool:
+    """Whether a job's output says it started Ray or joined the session's head (ray.init's own lines)."""
+    return "Started a local Ray instance" in output or "Connected to Ray cluster" in output
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def free_port() -> int:
@@ -63,13 +94,54 @@ def s3_server():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    import ray
-
+@pytest.fixture(scope="session", autouse=True)
+def ray_head(tmp_path_factory):
+    """One Ray head for the session's jobs, joined through RAY_ADDRESS as on a cluster (`ray job submit` sets
+    it too): a job's own local instance costs it ~10 s to start, and the suite runs dozens of jobs. A test
+    that needs its own cluster (nodes lost, `ray job submit`) sets RAY_ADDRESS for its job itself. The head has
+    the local instance's settings (jobs.runner.LOCAL), started from the repository root as users run jobs."""
     from jobs.runner import LOCAL
 
-    ray.init(address="local", ignore_reinit_error=True, log_to_driver=False, **LOCAL)  # as a job's own instance
+    port, agent = free_port(), free_port()
+    # `ray start` returns once the head is up; its processes keep its process group, which stops only them at
+    # the end (`ray stop` would stop every Ray instance on the machine). The job agent's port is a free one: at
+    # its default it clashes with another Ray's agent.
+    start = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+             f"--port={port}", f"--dashboard-agent-listen-port={agent}", "--include-dashboard=false",
+             f"--num-cpus={os.cpu_count()}", "--disable-usage-stats",
+             f"--system-config={json.dumps(LOCAL['_system_config'])}"]
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    proc = subprocess.Popen(start, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    # Ray heads enable token auth; a driver sends the head's token (~/.ray/auth_token) in token mode.
+    os.environ.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token")
+    yield os.environ["RAY_ADDRESS"]
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:  # its processes stop one by one; what is left after 10 s is killed
+        wait_for(lambda: not group_alive(proc.pid), 10)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+    current = "/tmp/ray/ray_current_cluster"  # where `ray start` recorded the head for later `ray.init()`s
+    if os.path.exists(current) and f":{port}" in open(current).read():
+        os.remove(current)
+
+
+@pytest.fixture(autouse=True)
+def quiet_head():
+    """Each test starts on a quiet head: the workers of the jobs before it (killed ones too) are gone. Ray
+    stops a finished job's workers, and vLLM's processes, a moment after its driver exits."""
+    wait_for(lambda: not pids("MapBatches") and not pids("EngineCore"), 120)
+
+
+@pytest.fixture(scope="session")
+def ray_driver(ray_head):
+    """This process as a driver on the session's head."""
+    import ray
+
+    ray.init(address=ray_head, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -83,11 +155,14 @@ CAPTION_CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/captio
 
 @pytest.fixture(scope="session")
 def caption_run(assets, tmp_path_factory):
-    """The caption demo once for the session (tests of caption, export and the review page read it)."""
+    """The caption demo once for the session (tests of caption, export and the review page read it), as on a
+    laptop: in a Ray instance of its own, not on the session's head."""
     out = str(tmp_path_factory.mktemp("caption") / "out")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(CAPTION_CMD + ["--output", out, "sampling.max_tokens=12"], capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Started a local Ray instance" in proc.stderr, proc.stderr[-3000:]
     table = pa.concat_tables(
         [pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)) if f.endswith(".parquet")],
         promote_options="default")

@@ -31,7 +31,7 @@ def stage_args(ds) -> list[dict]:
     return list(walk(ds._logical_plan.dag))
 
 
-def test_cpu_only_steps_ask_for_no_gpu_and_the_cluster_has_cpu_nodes_for_them(ray_local, assets):
+def test_cpu_only_steps_ask_for_no_gpu_and_the_cluster_has_cpu_nodes_for_them(ray_driver, assets):
     """dedup, quality without CLAP and export start CPU workers, never a GPU node."""
     import pyarrow as pa
 
@@ -42,7 +42,7 @@ def test_cpu_only_steps_ask_for_no_gpu_and_the_cluster_has_cpu_nodes_for_them(ra
     assert any(name != "head" and t["resources"].get("GPU") == 0 and t["resources"].get("CPU", 0) > 0
                for name, t in types.items())
     cfg = config.load("configs/quality.yaml", [], input=".cache/dedup/manifest.jsonl", output="out/gpu-check")
-    ds = ray_local.data.from_arrow(pa.table({"x": [1]}))
+    ds = ray_driver.data.from_arrow(pa.table({"x": [1]}))
     for job, extra in ((quality.JOB, {}), (export.JOB, {}), (dedup.JOB, {"assignment": None}), (dedup.IDENTIFY, {})):
         built = job.build(ds, cfg, None, {}, column="caption", **extra)
         if job.checks:

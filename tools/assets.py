@@ -337,6 +337,14 @@ def _tone(sr: int, seconds: float, freq: float, channels: int = 1, seed: int = 0
     return np.stack([mono * (0.5 + 0.5 * c / max(channels - 1, 1)) for c in range(channels)], axis=1)
 
 
+def write_manifest(out: str, rows: list[dict]) -> str:
+    """`rows` as out/manifest.jsonl, a line each; its path."""
+    manifest = os.path.join(out, "manifest.jsonl")
+    with open(manifest, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return manifest
+
+
 def build_samples(out: str) -> str:
     """Short synthetic clips in several formats and rates, one long clip, one broken and one missing file."""
     import soundfile as sf
@@ -358,10 +366,7 @@ def build_samples(out: str) -> str:
     rows.append({"id": "broken", "audio": "broken.wav", "source": "synthetic"})
     rows.append({"id": "missing", "audio": "missing.wav", "source": "synthetic"})
     rows.append({"audio": "tone-16k.wav", "source": "no-id"})  # id derived from manifest + line
-    manifest = os.path.join(out, "manifest.jsonl")
-    with open(manifest, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return manifest
+    return write_manifest(out, rows)
 
 
 # Sentences Whisper tiny.en transcribes from espeak-ng (en-us, 150 wpm) with no or one error.
@@ -419,10 +424,7 @@ def build_speech(out: str) -> str:
     long = np.concatenate([np.concatenate([voices[k][0], pause]) for k in order])
     sf.write(os.path.join(out, "long-40s.wav"), long, rate)
     rows.append({"id": "long-40s", "audio": "long-40s.wav", "reference": " ".join(SENTENCES[k] for k in order)})
-    manifest = os.path.join(out, "manifest.jsonl")
-    with open(manifest, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return manifest
+    return write_manifest(out, rows)
 
 
 # Sentences Whisper tiny.en transcribes from espeak-ng (en-us, 150 wpm) without an error (measured one by one).
@@ -484,10 +486,7 @@ def build_longform(out: str) -> str:
         f.write(data[:len(data) // 2])  # a transfer that broke off half way
     rows = [{"id": "talk-10min", "audio": "talk-10min.flac", "reference": " ".join(s[2] for s in sentences)},
             {"id": "talk-truncated", "audio": "talk-truncated.flac"}]
-    manifest = os.path.join(out, "manifest.jsonl")
-    with open(manifest, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return manifest
+    return write_manifest(out, rows)
 
 
 WORDS = ("the a one two small large red green quick slow river mountain city garden window table music "

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 
 from tools.assets import copy, corpus
-from tests.jobs.test_runner import parts, pids, wait_for
+from tests.conftest import pids, wait_for
+from tests.jobs.test_runner import parts
 
 CMD = [sys.executable, "-m", "jobs.dedup", "--config", "configs/dedup-demo.yaml"]
 

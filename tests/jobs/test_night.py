@@ -17,7 +17,8 @@ import soundfile as sf
 
 from jobs import night
 from tools.assets import copy, corpus
-from tests.jobs.test_runner import parts, pids, wait_for
+from tests.conftest import pids, wait_for
+from tests.jobs.test_runner import parts
 
 CMD = [sys.executable, "-m", "jobs.night", "--config", "configs/night-demo.yaml"]
 # The same both nights (sampling determines the rows); one row at a time, one per commit, long outputs, so

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.jobs.test_runner import parts, rows, wait_for
+from tests.conftest import wait_for
+from tests.jobs.test_runner import parts, rows
 
 RECIPE = "configs/recipes/audiosetcaps-demo.yaml"
 

@@ -6,12 +6,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+
+from tests.conftest import pids, wait_for
 
 CMD = [sys.executable, "-m", "jobs.caption", "--config", "configs/caption-demo.yaml"]
 # Small files and batches so that progress is committed in small steps; long outputs so that it is slow.
@@ -37,22 +38,6 @@ def parts(out):
 
 def rows(out):
     return [r for f in parts(out) for r in pq.read_table(os.path.join(out, f)).to_pylist()]
-
-
-def wait_for(predicate, timeout, proc=None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"job ended early with {proc.returncode}")
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
-def pids(pattern):
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if int(p) != os.getpid()]
 
 
 def kill_all(pattern):

@@ -80,7 +80,7 @@ def test_chunks_seek_to_their_lines_and_skip_done_rows(tmp_path):
     assert [r["id"] for r in _rows(str(m), 3, skip={0, 4, 7})] == ["r1", "r2", "r4", "r5"]
 
 
-def test_plan_leaves_out_finished_chunks(tmp_path, ray_local):
+def test_plan_leaves_out_finished_chunks(tmp_path, ray_driver):
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps({"audio": f"{i}.wav"}) + "\n" for i in range(5)))
     todo, rows_in, size = read.plan([str(m)], 2, 100, 1000, {str(m): np.array([0, 1, 2])})
@@ -88,7 +88,7 @@ def test_plan_leaves_out_finished_chunks(tmp_path, ray_local):
     assert [(c["start"], c["done"]) for c in todo.to_pylist()] == [(2, [2]), (4, [])]
 
 
-def test_plan_bounds_the_number_of_read_tasks(tmp_path, ray_local):
+def test_plan_bounds_the_number_of_read_tasks(tmp_path, ray_driver):
     """Chunks grow with the manifests so that read tasks number about `blocks`, up to `max_rows` rows each,
     and never shrink below the grain; two manifests' chunks never mix."""
     a, b = tmp_path / "a.jsonl", tmp_path / "b.parquet"
