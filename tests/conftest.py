@@ -94,7 +94,7 @@ def s3_server():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """One Ray head for the session's jobs, joined through RAY_ADDRESS as on a cluster (`ray job submit` sets
     it too): a job's own local instance costs it ~10 s to start, and the suite runs dozens of jobs. A test
@@ -127,13 +127,6 @@ def ray_head(tmp_path_factory):
     current = "/tmp/ray/ray_current_cluster"  # where `ray start` recorded the head for later `ray.init()`s
     if os.path.exists(current) and f":{port}" in open(current).read():
         os.remove(current)
-
-
-@pytest.fixture(autouse=True)
-def quiet_head():
-    """Each test starts on a quiet head: the workers of the jobs before it (killed ones too) are gone. Ray
-    stops a finished job's workers, and vLLM's processes, a moment after its driver exits."""
-    wait_for(lambda: not pids("MapBatches") and not pids("EngineCore"), 120)
 
 
 @pytest.fixture(scope="session")
