@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators.models import AUTO, MODELS, resolve
+from operators.rules import Rules
 
 
 class ConfigError(ValueError):
@@ -224,100 +225,11 @@ class WriteCfg(_Strict):
                                "killed run keeps")
 
 
-class Rule(_Strict):
-    """A quality rule: a named flag. `drop`: a row with this flag is not kept (`keep` false)."""
-
-    enabled: bool = Field(True, description="the rule runs")
-    drop: bool = Field(True, description="a row it flags is not kept (`keep` false)")
-
-
-class MinWordsRule(Rule):
-    min_words: int = Field(3, ge=0, description="fewer words than this")
-
-
-class MaxWordsRule(Rule):
-    max_words: int = Field(300, ge=1, description="more words than this")
-
-
-class LoopRule(Rule):
-    min_words: int = Field(8, ge=1, description="the unique-word ratio is judged on texts at least this long")
-    max_unique_ratio: float = Field(0.4, gt=0, le=1, description="distinct words over words at or under this "
-                                    "(NeMo Curator's Granary threshold)")
-    max_ngram: int = Field(4, ge=1, description="phrases of 2 to this many words are looked for repeated")
-    min_repeats: int = Field(4, ge=2, description="the same word this many times in a row")
-    min_phrase_repeats: int = Field(3, ge=2, description="the same phrase this many times in a row")
-    min_token_chars: int = Field(9, ge=2, description="a word at least this long made of one piece repeated ...")
-    min_token_repeats: int = Field(3, ge=2, description="... this many times (`passpasspass`)")
-
-
-class LongWordRule(Rule):
-    max_chars: int = Field(25, ge=1, description="a word this long (words of scripts without spaces are exempt)")
-    ratio: float = Field(3.0, gt=1, description="or this many times the next-longest word ...")
-    ratio_min_chars: int = Field(12, ge=1, description="... when it has at least this many characters")
-
-
-class FastTextRule(Rule):
-    max_chars_per_s: float = Field(40.0, gt=0, description="characters per second of the row's audio")
-
-
-class PhrasesRule(Rule):
-    phrases: list[str] = Field(default_factory=list, description="matched case-insensitively, anywhere in the text")
-
-
-class WholeTextRule(Rule):
-    phrases: list[str] = Field(default_factory=list, description="the whole text, case and punctuation aside")
-
-
-class LanguageRule(Rule):
-    expected: str | None = Field("en", description="ISO 639-1; null: any language. Transcripts are checked against "
-                                 "their row's `language`")
-    min_confidence: float = Field(0.8, ge=0, le=1, description="flagged when the detector's probability for "
-                                  "`expected` is below 1 - this (mass split between related languages, zh, wuu, "
-                                  "yue, still counts against)")
-    min_words: int = Field(3, ge=1, description="shorter texts are not judged")
-
-
-class SpeechRule(Rule):
-    min_speech_s: float = Field(0.1, ge=0, description="text on audio with less speech than this (Silero VAD, "
-                                "`speech_s`)")
-
-
-class ScoreRule(Rule):
-    min_score: float = Field(0.45, ge=-1, le=1, description="CLAP cosine similarity of the audio and the text")
-
-
-class Rules(_Strict):
-    """Every quality rule; a row's `flags` names those it trips."""
-
-    empty: Rule = Field(default_factory=Rule, description="no text at all")
-    too_short: MinWordsRule = Field(default_factory=MinWordsRule, description="fewer words than `min_words`")
-    too_long: MaxWordsRule = Field(default_factory=MaxWordsRule, description="more words than `max_words`")
-    loop: LoopRule = Field(default_factory=LoopRule, description="repetition: `the the the the`, `passpasspass`, "
-                           "few distinct words")
-    long_word: LongWordRule = Field(default_factory=LongWordRule, description="a word no language has")
-    fast_text: FastTextRule = Field(default_factory=FastTextRule, description="more text than the audio can hold "
-                                    "(transcripts)")
-    refusal: PhrasesRule = Field(default_factory=PhrasesRule, description="the model declined (`i'm sorry`)")
-    banned: PhrasesRule = Field(default_factory=PhrasesRule, description="vague or meta captions that teach nothing "
-                                "about the sound")
-    hallucination: WholeTextRule = Field(default_factory=WholeTextRule, description="whole texts speech models write "
-                                         "on silence or noise")
-    language: LanguageRule = Field(default_factory=LanguageRule, description="text not in the expected language "
-                                   "(py3langid)")
-    silent_text: Rule = Field(default_factory=Rule, description="text on a clip decode found silent (peak below "
-                              "-80 dBFS)")
-    no_speech: SpeechRule = Field(default_factory=SpeechRule, description="text on audio without speech (VAD)")
-    truncated: Rule = Field(default_factory=Rule, description="generation stopped at `sampling.max_tokens`")
-    low_clap: ScoreRule = Field(default_factory=ScoreRule, description="CLAP score below `min_score` (when scoring "
-                                "runs)")
-    rejected: Rule = Field(default_factory=Rule, description="a rewrite that failed its acceptance test on every try")
-
-
 class QualityCfg(_Strict):
     enabled: bool = Field(True, description="generation jobs mark every row after generating; jobs.quality "
                           "re-checks an output")
-    library: str = Field("configs/rules.yaml", description="the rules' defaults: thresholds, phrase lists, which "
-                         "drop a row (the rules below)")
+    library: str = Field("configs/rules.yaml", description="the rule library: the phrase lists, and any change to the "
+                         "rules' defaults (operators/rules.py; the rules below)")
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="this job's changes to the library, "
                                              "`{loop: {drop: false}}` (`quality.rules.loop.drop=false`)")
     select: Literal["clap_score", "fewest_flags"] = Field(

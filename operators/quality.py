@@ -1,6 +1,6 @@
 """Quality flags on what the engine wrote, and the best of several candidates: the stage after generate.
 
-Each rule of the quality config (configs/rules.yaml, changed per job and per prompt) is a named flag. A row
+Each rule (operators/rules.py; configs/rules.yaml, changed per job and per prompt) is a named flag. A row
 gets `flags`, the rules it trips, and `keep`, true when it has no error and no flag whose rule drops rows.
 Rows are never removed: the stage only marks them, so thresholds can be changed later and re-checked with
 `jobs.quality` without generating again.
@@ -11,104 +11,12 @@ row's text and leaves the others in `candidates`, so nothing generated is thrown
 """
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 
+from operators.rules import Row
 from operators.stage import Stage, actors, put
 
-WORD = re.compile(r"\w+", re.UNICODE)
 TRANSCRIPT = "text"  # jobs.transcribe's column: its rows' language rule reads the row's `language`
-
-
-def words_of(text: str) -> list[str]:
-    return [w.lower() for w in WORD.findall(text)]
-
-
-def is_loop(text: str, rule) -> bool:
-    """Repetition: few distinct words, a run of the same 1..max_ngram words, or a word made of one repeated
-    piece ("passpasspass")."""
-    words = words_of(text)
-    if len(words) >= rule.min_words and len(set(words)) / len(words) <= rule.max_unique_ratio:
-        return True
-    for n in range(1, rule.max_ngram + 1):
-        k = rule.min_repeats if n == 1 else rule.min_phrase_repeats
-        for i in range(len(words) - n * k + 1):
-            if all(words[i + j * n:i + (j + 1) * n] == words[i:i + n] for j in range(1, k)):
-                return True
-    piece = re.compile(r"(.{2,}?)\1{%d,}" % (rule.min_token_repeats - 1), re.UNICODE)
-    for token in text.split():
-        m = piece.search(token) if len(token) >= rule.min_token_chars else None
-        if m and m.end() - m.start() >= 0.8 * len(token):
-            return True
-    return False
-
-
-# Scripts written without spaces between words: a run of them is not one long word.
-UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")
-
-
-def has_long_word(text: str, rule) -> bool:
-    words = [re.sub(r"^\W+|\W+$", "", w) for w in text.split() if not UNSPACED.search(w)]
-    lengths = sorted((len(w) for w in words if w), reverse=True)
-    if not lengths:
-        return False
-    return lengths[0] >= rule.max_chars or (len(lengths) > 1 and lengths[0] >= rule.ratio_min_chars
-                                            and lengths[0] >= rule.ratio * lengths[1])
-
-
-def plain(text: str) -> str:
-    return " ".join(words_of(text))
-
-
-class Row:
-    """What the rules may look at besides the text."""
-
-    __slots__ = ("seconds", "speech_s", "silent", "finish_reason", "score", "accepted", "language")
-
-    def __init__(self, seconds, speech_s, silent, finish_reason, score, accepted=None, language=None):
-        self.seconds, self.speech_s, self.silent = seconds, speech_s, silent
-        self.finish_reason, self.score, self.accepted = finish_reason, score, accepted
-        self.language = language  # the row's spoken language, where the job knows it (multilingual Whisper)
-
-
-def flags(text: str | None, rules, row: Row, language=None) -> list[str]:
-    """The names of the rules `text` trips, in the rules' order."""
-    text = text or ""
-    words, low = words_of(text), text.lower()
-    checks = {
-        "empty": lambda r: not text.strip(),
-        "too_short": lambda r: bool(text.strip()) and len(words) < r.min_words,
-        "too_long": lambda r: len(words) > r.max_words,
-        "loop": lambda r: is_loop(text, r),
-        "long_word": lambda r: has_long_word(text, r),
-        "fast_text": lambda r: bool(row.seconds) and len(text.strip()) / row.seconds > r.max_chars_per_s,
-        "refusal": lambda r: any(p in low for p in r.phrases),
-        "banned": lambda r: any(p in low for p in r.phrases),
-        "hallucination": lambda r: bool(text.strip()) and plain(text) in {plain(p) for p in r.phrases},
-        "language": lambda r: _wrong_language(text, words, r, language, row.language),
-        "silent_text": lambda r: row.silent and bool(text.strip()),
-        "no_speech": lambda r: row.speech_s is not None and row.speech_s < r.min_speech_s and bool(text.strip()),
-        "truncated": lambda r: row.finish_reason == "length",
-        "low_clap": lambda r: row.score is not None and row.score < r.min_score,
-        "rejected": lambda r: row.accepted is False,
-    }
-    return [name for name, check in checks.items() if getattr(rules, name).enabled and check(getattr(rules, name))]
-
-
-def _wrong_language(text: str, words: list[str], rule, identifier, spoken: str | None) -> bool:
-    """Whether the text is not in the row's spoken language (where the row says it), else `rule.expected`."""
-    expected = spoken or rule.expected
-    if expected is None or identifier is None:
-        return False
-    # Scripts without spaces (Chinese, Japanese) are one "word" per run: count characters there.
-    if max(len(words), len(text.strip()) // 4) < rule.min_words:
-        return False
-    return dict(identifier.rank(text)).get(expected, 0.0) < 1 - rule.min_confidence
-
-
-def dropping(names: list[str], rules) -> bool:
-    return any(getattr(rules, n).drop for n in names)
 
 
 def best(candidates: list[dict], select: str) -> int:
@@ -129,7 +37,7 @@ class Quality(Stage):
         return {*self.writes, self.column, "finish_reason", "clap_score", "candidates", "candidate_scores"}
 
     def setup(self) -> None:
-        from operators.config import Rules
+        from operators.rules import Rules
 
         self.column: str = self.cfg["column"]
         self.select: str = self.cfg["select"]
@@ -176,9 +84,9 @@ class Quality(Stage):
                 # Straight from generate `candidates` holds all n; in an output (jobs.quality) the others.
                 options = others if fresh else options + others
             for o in options:
-                o["flags"] = flags(o["text"], rules, Row(seconds, speech[i], silent, o["reason"], o["score"],
-                                                         accepted[i], spoken[i]), self.language)
-                o["dropping"] = dropping(o["flags"], rules)
+                o["flags"] = rules.flags(o["text"], Row(seconds, speech[i], silent, o["reason"], o["score"],
+                                                        accepted[i], spoken[i]), self.language)
+                o["dropping"] = rules.dropping(o["flags"])
             k = best(options, self.select) if len(options) > 1 else 0
             out["flags"].append(options[k]["flags"])
             out["keep"].append(not options[k]["dropping"])

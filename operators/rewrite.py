@@ -21,7 +21,7 @@ import functools
 import pyarrow as pa
 
 from operators.generate import Generate, warned
-from operators.quality import plain, words_of
+from operators.rules import plain, words_of
 from operators.gather import REWRITE
 from operators.stage import errors, put
 

@@ -101,7 +101,8 @@ def library_value(value) -> str:
 
 
 def render() -> str:
-    from operators.config import JobCfg, NightCfg, Rules, StepCfg
+    from operators.config import JobCfg, NightCfg, StepCfg
+    from operators.rules import Rules
 
     sections = {n: f for n, f in JobCfg.model_fields.items() if model_of(f.annotation) is not None}
     top = tuple(n for n in JobCfg.model_fields if n not in sections)
@@ -111,9 +112,11 @@ def render() -> str:
     with open(os.path.join(ROOT, "configs", "rules.yaml")) as f:
         library = yaml.safe_load(f)
     out += ["## Quality rules", "",
-            "Each rule is a named flag in a row's `flags`; the values are the library's (`quality.library`, "
-            "configs/rules.yaml), which a job changes with `quality.rules.<rule>.<key>=value` and a prompt with "
-            "its own `quality:`. Every rule has `enabled` and `drop` (a flagged row is not kept).", "",
+            "Each rule is a named flag in a row's `flags`, defined with its parameters and check in "
+            "operators/rules.py; the values are its defaults with the library's changes (`quality.library`, "
+            "configs/rules.yaml: the phrase lists), which a job changes with `quality.rules.<rule>.<key>=value` "
+            "and a prompt with its own `quality:`. Every rule has `enabled` and `drop` (a flagged row is not kept).",
+            "",
             "| rule | flags | key | library value | meaning |", "|---|---|---|---|---|"]
     for name, field in Rules.model_fields.items():
         out.append(f"| `{name}` | {described(field, name)} | | | |")

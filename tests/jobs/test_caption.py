@@ -53,7 +53,7 @@ def test_the_demo_s_loops_are_flagged_and_not_kept(run):
     """The tiny model's captions are repetition loops: the quality stage says so (judged by the rule itself,
     not a fixed list), and keeps no row that a dropping rule flagged."""
     from operators import config as config_mod
-    from operators.quality import is_loop
+    from operators.rules import is_loop
 
     cfg = config_mod.load("configs/caption-demo.yaml", [f"model.path={run['rows'][0]['model']}"])
     rules = config_mod.quality_rules(cfg)["caption"]
