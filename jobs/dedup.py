@@ -3,8 +3,8 @@
     python -m jobs.dedup --config configs/dedup.yaml --input <manifests> --output <folder> [--fresh] [key=value ...]
 
 1. Identities: every input row (and first every row of `dedup.exclude`, the evaluation sets) is fetched and
-   decoded by the decode actors, which compute its exact hash and perceptual fingerprint
-   (operators/fingerprint.py). Committed under `_identity/` (and `_exclude/`), resumable like every job;
+   decoded by the identity actors (operators/identity.py), which compute its exact hash and perceptual
+   fingerprint (operators/fingerprint.py). Committed under `_identity/` (and `_exclude/`), resumable like every job;
    bad audio becomes an error row.
 2. Clusters: operators/copies.py finds the copies on Ray (buckets grouped by Ray Data, copies verified in
    each bucket) between the new identities and all (earlier runs' too: only the buckets that hold a new row are
@@ -28,9 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import runner
-from operators import copies, decode
+from operators import copies, identity
 from operators import ledger as ledger_mod
-from operators.models import ModelSpec
 from operators.stage import LIGHT_CPUS, put
 
 IDENTITY, EXCLUDE, KEPT = "_identity", "_exclude", "kept"
@@ -51,9 +50,7 @@ def label(batch: pa.Table) -> pa.Table:
 
 
 def identities(ds, cfg, spec, prompts, column):
-    # One window as long as any clip may be: the whole clip is fingerprinted, never windowed.
-    spec = ModelSpec(sample_rate=16_000, window_s=cfg.decode.max_duration_s)
-    return decode.apply(ds, cfg, spec, identity=True).map_batches(label, batch_format="pyarrow", num_cpus=0)
+    return identity.apply(ds, cfg).map_batches(label, batch_format="pyarrow", num_cpus=0)
 
 
 def marked(ds, cfg, spec, prompts, column, assignment):

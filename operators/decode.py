@@ -337,17 +337,12 @@ def speech_seconds(spans: list[tuple[int, int]], speech: list[tuple[int, int]], 
     return [float(np.clip(np.minimum(s[:, 1], b) - np.maximum(s[:, 0], a), 0, None).sum()) / rate for a, b in spans]
 
 
-IDENTITY_CHUNK = 60 * 16_000  # samples of a decoded clip fingerprinted at once
-
-
 class Decode(Stage):
-    """Windows of each row's audio; or, with `identity` (the dedup job), one row per input row carrying the
-    clip's identities (operators/fingerprint.py) and no audio."""
+    """Windows of each row's audio (dedup's identities of each clip: operators/identity.py)."""
 
     reads = ("audio_uris", "audio_bytes")
     writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "speech_s",
-              "warning", "error",
-              "audio_hash", "fingerprint", "signature", "active_s")  # identity: these instead of the audio
+              "warning", "error")
     drops = ("audio_bytes",)  # a parquet shard's inline audio: decoded here, needed by no later stage
 
     def setup(self) -> None:
@@ -365,8 +360,7 @@ class Decode(Stage):
         self.spill_mb: float = c["spill_mb"]
         self.whole_mb: float = c["whole_mb"]
         self.block_bytes = int(c["output_block_mb"] * 2 ** 20)
-        self.identity: bool = c["identity"]
-        self.vad = vad_session() if "vad" in (self.cut, self.segment) and not self.identity else None
+        self.vad = vad_session() if "vad" in (self.cut, self.segment) else None
 
     def _decode(self, uri: str, data: bytes | None) -> Clip:
         return decode(uri, data, self.rate, max_duration_s=self.max_duration_s, vad=self.vad,
@@ -424,55 +418,9 @@ class Decode(Stage):
                 c.close()
             raise
 
-    def _identify(self, uris: list[str], data: list) -> tuple:
-        from operators.fingerprint import identify
-
-        if len(uris) > 1:
-            raise DecodeError("several_audio", ", ".join(uris), "a row with several audio items has no one identity")
-        clip = self._decode(uris[0], data[0])
-        try:
-            found = identify(clip.read(a, min(a + IDENTITY_CHUNK, clip.samples))
-                             for a in range(0, clip.samples, IDENTITY_CHUNK))
-            warn = (f"decode/silent: {uris[0]}: peak amplitude below {SILENCE_PEAK:g}" if clip.peak < SILENCE_PEAK
-                    else None)
-            return found, clip.duration, warn
-        finally:
-            clip.close()
-
-    def identities(self, batch: pa.Table) -> pa.Table:
-        found, durations, warns, errs = [], [], [], []
-        inline = batch.column("audio_bytes").to_pylist()
-        for uris, data, err in zip(batch.column("audio_uris").to_pylist(), inline, errors(batch)):
-            ident, duration, warn = None, None, None
-            if err is None:
-                try:
-                    ident, duration, warn = self._identify(uris, data)
-                except DecodeError as e:
-                    err = str(e)
-                except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
-                    err = f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
-            found.append(ident)
-            durations.append(duration)
-            warns.append(warn)
-            errs.append(err)
-        n = batch.num_rows
-        return put(batch, audio_hash=pa.array([i and i.audio_hash for i in found], pa.string()),
-                   fingerprint=pa.array([i and i.fingerprint for i in found], pa.binary()),
-                   signature=pa.array([i and (i.signature - (1 << 64) if i.signature >= 1 << 63 else i.signature)
-                                       for i in found], pa.int64()),
-                   active_s=pa.array([i and i.active_s for i in found], pa.float64()),
-                   duration_s=pa.array(durations, pa.float64()), segment=pa.array([0] * n, pa.int32()),
-                   segment_start_s=pa.array([None if d is None else 0.0 for d in durations], pa.float64()),
-                   segment_end_s=pa.array(durations, pa.float64()),
-                   segments=pa.array([1] * n, pa.int32()), warning=pa.array(warns, pa.string()),
-                   error=pa.array(errs, pa.string()))
-
     def process(self, batch: pa.Table) -> Iterator[pa.Table]:
         """Yields blocks of about `output_block_mb` of audio at most: a long clip's windows leave in several,
         each read from the spill only when its block is built."""
-        if self.identity:
-            yield self.identities(batch)
-            return
         out = _Block()
         inline = batch.column("audio_bytes").to_pylist()
         for i, (uris, data, err) in enumerate(zip(batch.column("audio_uris").to_pylist(), inline, errors(batch))):
@@ -525,23 +473,22 @@ class _Block:
         return out
 
 
-def options(d, spec, identity: bool = False) -> dict:
+def options(d, spec) -> dict:
     """The Decode stage's arguments: the config's `decode` section and the model's rate and window."""
-    return dict(identity=identity, sample_rate=spec.sample_rate, window_s=d.window_s or spec.window_s, long_audio=d.long_audio,
+    return dict(sample_rate=spec.sample_rate, window_s=d.window_s or spec.window_s, long_audio=d.long_audio,
                 max_duration_s=d.max_duration_s, cut_search_s=d.cut_search_s, overlap_s=d.overlap_s, cut=d.cut,
                 segment=d.segment, vad=d.vad.silero(), segment_vad=d.segments.silero(d.vad), spill_mb=d.spill_mb,
                 whole_mb=d.whole_mb, output_block_mb=d.output_block_mb)
 
 
-def apply(ds, cfg, spec, identity: bool = False):
-    """CPU actor pool that decodes each row's audio into `waveform` (windows) at the model's sample rate; with
-    `identity`, into each clip's identities instead."""
+def apply(ds, cfg, spec):
+    """CPU actor pool that decodes each row's audio into `waveform` (windows) at the model's sample rate."""
     from operators.config import decode_pool
 
     d = cfg.decode
     return ds.map_batches(
         Decode,
-        fn_constructor_kwargs=options(d, spec, identity),
+        fn_constructor_kwargs=options(d, spec),
         batch_format="pyarrow",
         batch_size=d.batch_size,
         compute=actors(decode_pool(cfg)),
