@@ -177,19 +177,27 @@ def planned(cfg, manifests: list[str], ledger) -> tuple:
     return chunks, rows_in, chunk_rows, int(sum(len(rows) for rows in done.values()))
 
 
+def begin(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = ()) -> tuple:
+    """What a run and its dry run both check before Ray starts, in order: the job's own checks of its config,
+    the manifests, the text column, the job's config against what its input holds, and the output's ledger (read
+    once; a rerun with another config refused; --fresh clears it first). Returns (prompts, manifests, column,
+    ledger)."""
+    prompts = check(cfg, job)
+    manifests = read.expand(cfg.input)
+    column = job.column(cfg) if callable(job.column) else job.column or text_column(manifests)
+    if job.verify:
+        job.verify(cfg, *held(cfg.input, manifests))
+    return prompts, manifests, column, open_output(cfg, job, fresh, keep)
+
+
 def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_args: dict | None = None) -> dict:
     """Run one job to completion (or resume it) and return its summary. `keep`: subfolders --fresh spares;
     `build_args`: passed to the job's build (what a job computed before this run, e.g. clusters)."""
     import ray
 
-    prompts = check(cfg, job)
+    prompts, manifests, column, ledger = begin(cfg, job, fresh, keep)
     rules = config_mod.quality_rules(cfg)
     spec = config_mod.model_spec(cfg) if job.generates else None
-    manifests = read.expand(cfg.input)
-    column = job.column(cfg) if callable(job.column) else job.column or text_column(manifests)
-    if job.verify:
-        job.verify(cfg, *held(cfg.input, manifests))
-    ledger = open_output(cfg, job, fresh, keep)
     prepare_output(cfg.output, False)  # the markers of a finished run, which this run rewrites
     ledger.record(config_mod.determining(cfg, job.determines))
     run_id, started = uuid.uuid4().hex[:12], write.utcnow()
@@ -409,10 +417,8 @@ def dry_run(cfg, job: Job) -> int:
     """Everything the real run checks before its work, and the plan; no engine starts. 0: it would start."""
     from operators.decode import DecodeError, decode
 
-    prompts = check(cfg, job)
     problems = [p for p in [model_problem(cfg.model.path)] if p] if job.generates else []
-    manifests = read.expand(cfg.input)
-    ledger = open_output(cfg, job)
+    prompts, manifests, _, ledger = begin(cfg, job)
     start_ray(cfg)
     chunks, rows_in, chunk_rows, resumed = planned(cfg, manifests, ledger)
     d, e = cfg.decode, cfg.engine
