@@ -18,6 +18,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)  # configs name paths relative to the repo root, as users run them
+# Ray heads enable token auth, and a process reads RAY_AUTH_MODE once, when it first talks to Ray: set from the
+# start, every driver of the session (this process too, whichever test first touches Ray) sends the token.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @pytest.fixture(scope="session")
@@ -113,12 +116,10 @@ def ray_head(tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "head.log"
     proc = subprocess.Popen(start, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    # Ray heads enable token auth; a driver sends the head's token (~/.ray/auth_token) in token mode.
-    os.environ.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token")
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     yield os.environ["RAY_ADDRESS"]
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    os.environ.pop("RAY_ADDRESS") if old is None else os.environ.__setitem__("RAY_ADDRESS", old)
     os.killpg(proc.pid, signal.SIGTERM)
     try:  # its processes stop one by one; what is left after 10 s is killed
         wait_for(lambda: not group_alive(proc.pid), 10)
