@@ -31,7 +31,6 @@ class ModelCfg(_Strict):
     family: str = Field(description="the model registry's entry (operators/models.py, docs/models.md), or `auto`: "
                         "facts read from the checkpoint")
     path: str = Field(description="local checkpoint folder or hub id")
-    # Code shipped with a checkpoint (its config or processor) runs only when this says so.
     trust_remote_code: bool = Field(False, description="let a checkpoint's own code (config, processor) run: needed "
                                     "by `midashenglm`, `moss-audio`, and `auto` checkpoints with `auto_map`")
 
@@ -56,7 +55,6 @@ class PromptItem(_Strict):
 class PromptCfg(_Strict):
     system: str | None = Field(None, description="the system prompt; unset: the model family's. Question answering "
                                "uses it where a row's conversation has none")
-    # One output row per clip and prompt, all from one decode of the clip.
     use: list[str] = Field(default_factory=list, description="names of the prompts every clip is asked, from the "
                            "library or `custom`: one output row per clip and prompt (`prompt_id`). jobs.aqa answers "
                            "each row's own conversation, and asks these only of rows that bring none")

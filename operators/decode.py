@@ -337,6 +337,17 @@ def speech_seconds(spans: list[tuple[int, int]], speech: list[tuple[int, int]], 
     return [float(np.clip(np.minimum(s[:, 1], b) - np.maximum(s[:, 0], a), 0, None).sum()) / rate for a, b in spans]
 
 
+def attempt(work: Callable, uris: list[str]) -> tuple:
+    """(work(), None), or (None, the row's error): a DecodeError's own message, else decode/unexpected naming the
+    row's files, so that one bad file is one error row and never the job's end."""
+    try:
+        return work(), None
+    except DecodeError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
+        return None, f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
+
+
 class Decode(Stage):
     """Windows of each row's audio (dedup's identities of each clip: operators/identity.py)."""
 
@@ -424,17 +435,11 @@ class Decode(Stage):
         out = _Block()
         inline = batch.column("audio_bytes").to_pylist()
         for i, (uris, data, err) in enumerate(zip(batch.column("audio_uris").to_pylist(), inline, errors(batch))):
-            plan, clips = [], []
-            if err is None:
-                try:
-                    clips, plan, duration, warn = self._plan(uris, data)
-                except DecodeError as e:
-                    err = str(e)
-                except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
-                    err = f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
+            planned, err = attempt(lambda: self._plan(uris, data), uris) if err is None else (None, err)
             if err is not None:
                 out.add(i, 0, 1, None, None, None, None, None, None, err)
                 continue
+            clips, plan, duration, warn = planned
             try:
                 for k, (parts, start, end, speech) in enumerate(plan):
                     if out.take and out.nbytes + 4 * sum(b - a for _, a, b in parts) > self.block_bytes:

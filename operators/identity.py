@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from operators.decode import SILENCE_PEAK, DecodeError, decode
+from operators.decode import SILENCE_PEAK, DecodeError, attempt, decode
 from operators.stage import Stage, actors, errors, put
 
 CHUNK = 60 * 16_000  # samples of a decoded clip fingerprinted at once
@@ -45,14 +45,8 @@ class Identify(Stage):
         found, durations, warns, errs = [], [], [], []
         inline = batch.column("audio_bytes").to_pylist()
         for uris, data, err in zip(batch.column("audio_uris").to_pylist(), inline, errors(batch)):
-            ident, duration, warn = None, None, None
-            if err is None:
-                try:
-                    ident, duration, warn = self._identify(uris, data)
-                except DecodeError as e:
-                    err = str(e)
-                except Exception as e:  # noqa: BLE001 - an unforeseen failure is still one row's problem
-                    err = f"decode/unexpected: {', '.join(uris)}: {type(e).__name__}: {e}"
+            done, err = attempt(lambda: self._identify(uris, data), uris) if err is None else (None, err)
+            ident, duration, warn = done or (None, None, None)
             found.append(ident)
             durations.append(duration)
             warns.append(warn)

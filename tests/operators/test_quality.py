@@ -1,24 +1,8 @@
 """The quality stage: flags and keep on every row, best-of-N selection."""
 import pyarrow as pa
-import pytest
 
-from operators import config as config_mod
 from operators.quality import Quality, best
-
-SENTENCE = "A dog barks twice in the distance while heavy rain falls on a tin roof."
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cfg")
-    (d / "m.jsonl").write_text("{}\n")
-    (d / "model").mkdir()
-    return config_mod.load("configs/caption-demo.yaml", [f"model.path={d / 'model'}"], input=str(d / "m.jsonl"))
-
-
-@pytest.fixture(scope="module")
-def rules(cfg):
-    return config_mod.quality_rules(cfg)
+from tests.operators.test_rules import SENTENCE
 
 
 def test_best_of_n_keeps_the_best_and_the_others():

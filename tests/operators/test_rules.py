@@ -8,19 +8,6 @@ SENTENCE = "A dog barks twice in the distance while heavy rain falls on a tin ro
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cfg")
-    (d / "m.jsonl").write_text("{}\n")
-    (d / "model").mkdir()
-    return config_mod.load("configs/caption-demo.yaml", [f"model.path={d / 'model'}"], input=str(d / "m.jsonl"))
-
-
-@pytest.fixture(scope="module")
-def rules(cfg):
-    return config_mod.quality_rules(cfg)
-
-
-@pytest.fixture(scope="module")
 def language():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
