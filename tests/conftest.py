@@ -40,13 +40,15 @@ def assets() -> dict:
             "samples": os.path.join(root, "samples")}
 
 
-def wait_for(predicate, timeout, proc=None):
+def wait_for(predicate, timeout, proc=None, log=None):
+    """Until `predicate()`; fails when `timeout` passes first or the job `proc` ends, with the tail of its `log`."""
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"job ended early with {proc.returncode}")
+            said = open(log.name).read()[-3000:] if log is not None else ""
+            raise AssertionError(f"job ended early with {proc.returncode}\n{said}")
         time.sleep(0.1)
     raise AssertionError("timed out")
 

@@ -100,7 +100,7 @@ def test_kill_then_resume_gives_the_same_clusters(run, clips, tmp_path):
         proc = subprocess.Popen(CMD + ["--input", clips["manifest"], "--output", out,
                                        f"dedup.exclude=[{clips['eval']}]", *small],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: len(parts(os.path.join(out, "_identity"))) >= 3, 600, proc)
+        wait_for(lambda: len(parts(os.path.join(out, "_identity"))) >= 3, 600, proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     wait_for(lambda: not pids("MapBatches"), 60)

@@ -68,7 +68,7 @@ def nights(assets, tmp_path_factory):
     with open(d / "killed.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: len(parts(os.path.join(root, "caption"))) > sum(p.startswith("caption/") for p in snapshot),
-                 600, proc)
+                 600, proc, log)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as in a crash
         proc.wait()
     # Ray workers fate-share with their driver; none of the killed night may still commit. Nor may its engine

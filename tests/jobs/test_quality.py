@@ -100,7 +100,7 @@ def test_kill_then_resume_writes_each_row_once(upstream, tmp_path):
     with open(tmp_path / "run1.log", "w") as log:
         proc = subprocess.Popen(CMD + ["--input", upstream["out"], "--output", out, *small], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: len(parts(out)) >= 1, 300, proc)
+        wait_for(lambda: len(parts(out)) >= 1, 300, proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     wait_for(lambda: not pids("MapBatches"), 60)

@@ -144,20 +144,21 @@ def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_n
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     # Longer answers than SMALL's, so that rows are left for the second loss. The stall limit covers an engine's
-    # start on a busy box: the new node's workers all import at once (measured: up to 87 s to a ready engine).
-    cmd = CMD + ["--input", m, "--output", out, *SMALL, "run.stall_s=120", "sampling.max_tokens=160",
+    # start and its first commit on a busy box, where a node's workers all import at once: up to 87 s to a ready
+    # engine measured here, and one run on CI went past 120 s.
+    cmd = CMD + ["--input", m, "--output", out, *SMALL, "run.stall_s=180", "sampling.max_tokens=160",
                  "sampling.min_tokens=160"]
     try:
         node = cluster.add_node(num_cpus=4)
         with open(tmp_path / "run.log", "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                wait_for(lambda: len(parts(out)) >= 2, 600, proc)
+                wait_for(lambda: len(parts(out)) >= 2, 600, proc, log)
                 cluster.remove_node(node, allow_graceful=False)
                 time.sleep(5)
                 node = cluster.add_node(num_cpus=4)
                 seen = len(parts(out))
-                wait_for(lambda: len(parts(out)) > seen + 1, 600, proc)  # the replacement took over
+                wait_for(lambda: len(parts(out)) > seen + 1, 600, proc, log)  # the replacement took over
                 cluster.remove_node(node, allow_graceful=False)
                 lost = time.time()
                 code = proc.wait(timeout=300)
@@ -167,9 +168,9 @@ def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_n
                     proc.kill()
         text = open(tmp_path / "run.log").read()
         assert code == 1, text[-3000:]
-        assert re.search(r"^stalled: no row committed for 12\d s \(run.stall_s=120\): no node can host the decode actors "
+        assert re.search(r"^stalled: no row committed for 18\d s \(run.stall_s=180\): no node can host the decode actors "
                          r"\(0.5 CPU\); the committed rows are kept and the same command resumes$", text, re.M), text[-3000:]
-        assert waited < 120 + 60, waited  # bounded: the stall limit and a poll, not forever
+        assert waited < 180 + 60, waited  # bounded: the stall limit and a poll, not forever
         committed = len(rows(out))
         assert 0 < committed < n
         cluster.add_node(num_cpus=4)

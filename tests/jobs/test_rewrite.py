@@ -125,7 +125,7 @@ def test_a_rewrite_no_try_passes_stops_at_max_tries_and_a_kill_then_resume_gives
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: parts(out), 900, proc)
+            wait_for(lambda: parts(out), 900, proc, log)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

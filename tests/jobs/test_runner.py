@@ -64,17 +64,17 @@ def test_engine_killed_stalled_and_its_actor_killed_mid_run_job_completes(assets
             return lambda: f"event: generate/{event}" in open(tmp_path / "run.log").read()
 
         try:
-            wait_for(lambda: len(parts(out)) >= 1, 600, proc)
+            wait_for(lambda: len(parts(out)) >= 1, 600, proc, log)
             engines = pids("EngineCore")
             assert engines, "no vLLM engine-core process found"
             for pid in engines:
                 os.kill(pid, signal.SIGKILL)  # the engine dies under the actor: replaced in place
-            wait_for(said("engine_dead"), 600, proc)
+            wait_for(said("engine_dead"), 600, proc, log)
             stopped = pids("EngineCore")
             for pid in stopped:
                 os.kill(pid, signal.SIGSTOP)  # alive but answering nothing, as a wedged GPU looks: replaced
-            wait_for(lambda: not set(pids("EngineCore")) & set(stopped), 120, proc)
-            wait_for(said("engine_stalled"), 600, proc)
+            wait_for(lambda: not set(pids("EngineCore")) & set(stopped), 120, proc, log)
+            wait_for(said("engine_stalled"), 600, proc, log)
             actors = pids("MapBatches\\(Generate\\)")
             assert actors, "no engine actor process found"
             for pid in actors:
