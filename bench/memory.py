@@ -5,8 +5,9 @@ pipeline streams, so memory must not grow with the manifest.
     python bench/memory.py [--rows 2000 20000] [--seconds 1]
 
 `--audio`: where the audio travels. 30 s windows, two prompts, the production config's batch sizes
-(configs/caption.yaml), run twice side by side: "before", the engine handing each row's audio on to the
-end (as it did before the audio left with the requests), and "after", as the job runs now. Printed: the
+(configs/caption.yaml), run twice side by side: "before", each window's audio copied once per prompt
+after the prompt stage and handed on by the engine to the end (as the job ran before the audio left with
+the requests and the engine stage fanned out the prompts), and "after", as the job runs now. Printed: the
 object store's peak (sampled from the raylet) and the bytes a row each stage handed on (Ray Data's stats).
 
     python bench/memory.py --audio [--windows 96]
@@ -105,8 +106,20 @@ class StorePeak(threading.Thread):
             time.sleep(0.2)
 
 
-def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
-    """The caption job with the production batch sizes; `keep_audio`: the engine hands the audio on."""
+def copied(batch):
+    """The fan-out before the engine (the job before): a window's row once per prompt, each a copy of its audio."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    asks = batch.column("asks")
+    out = batch.take(pc.list_parent_indices(asks))
+    one = pa.ListArray.from_arrays(pa.array(range(len(out) + 1), pa.int32()), pc.list_flatten(asks).combine_chunks())
+    return out.set_column(out.column_names.index("asks"), "asks", one)
+
+
+def audio_run(manifest: str, out: str, before: bool) -> dict:
+    """The caption job with the production batch sizes; `before`: the prompts' rows copy the audio and the
+    engine hands it on."""
     import ray
     import yaml
 
@@ -117,7 +130,9 @@ def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
     def build(ds, cfg, spec, prompts, column):
         ds = decode.apply(ds, cfg, spec)
         ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)
-        return generate.apply(ds, cfg, spec, column, keep_audio=keep_audio)
+        if before:
+            ds = ds.map_batches(copied, batch_format="pyarrow", num_cpus=0.25)
+        return generate.apply(ds, cfg, spec, column, keep_audio=before)
 
     with open(os.path.join(ROOT, "configs", "caption.yaml")) as f:
         prod = yaml.safe_load(f)
@@ -143,8 +158,8 @@ def audio_run(manifest: str, out: str, keep_audio: bool) -> dict:
 def audio(windows: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         manifest = make_manifest(folder, windows, 30.0)
-        before, after = (audio_run(manifest, os.path.join(folder, name), keep)
-                         for name, keep in (("before", True), ("after", False)))
+        before, after = (audio_run(manifest, os.path.join(folder, name), name == "before")
+                         for name in ("before", "after"))
     for name, r in (("before", before), ("after", after)):
         print(json.dumps({"run": name, **r}))
     last = list(after["kb_per_row"])[-2]  # the stage that hands rows to the commit

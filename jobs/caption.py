@@ -14,7 +14,7 @@ COLUMN = "caption"
 
 def build(ds, cfg, spec, prompts, column):
     ds = decode.apply(ds, cfg, spec)
-    ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)  # fans out over prompts: K rows a clip
+    ds = prompt.apply(ds, cfg, spec, prompts, conversations=False)  # a window asked K prompts: K rows after the engine
     return generate.apply(ds, cfg, spec, column)
 
 

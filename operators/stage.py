@@ -91,7 +91,8 @@ def put(table: pa.Table, **columns: Any) -> pa.Table:
 
 
 def dropped(table: pa.Table, columns: tuple[str, ...]) -> pa.Table:
-    return table.drop_columns([c for c in columns if c in table.column_names])
+    # Each name once: Arrow drops a name given twice twice over, taking the column after it.
+    return table.drop_columns([c for c in dict.fromkeys(columns) if c in table.column_names])
 
 
 def errors(table: pa.Table) -> list[str | None]:

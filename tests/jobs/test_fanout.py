@@ -124,14 +124,17 @@ def per_row(summary) -> dict[str, float]:
 
 
 def test_with_scoring_the_audio_rides_to_the_scorer_and_no_further(run):
-    """Decode hands on each window's audio (float32 at the model's 16 kHz), the prompts' fan-out one copy a
-    prompt, the engine the same to the CLAP scorer, the last stage that needs it; every stage after the
-    scorer hands on rows a tenth of the shortest window's audio or less (scoring off:
-    tests/jobs/test_caption.py, where it leaves with the engine's requests)."""
+    """Decode hands on each window's audio (float32 at the model's 16 kHz), the prompt stage one row a window
+    (its prompts ride along, not copies of its audio), the engine one row a prompt to the CLAP scorer, the
+    last stage that needs the audio; every stage after the scorer hands on rows a tenth of the shortest
+    window's audio or less (scoring off: tests/jobs/test_caption.py, where it leaves with the engine's
+    requests)."""
     audio = 4 * 16000 * min(r["segment_end_s"] - r["segment_start_s"] for r in run["rows"])
     sizes = per_row(run["summary"])
     names = list(sizes)
     assert all(sizes[n] > audio for n in ("Decode", "Prompt", "Generate"))
+    stages = run["summary"]["stages"]
+    assert stages["Prompt"]["rows_out"] == len(CLIPS) and stages["Generate"]["rows_out"] == len(CLIPS) * len(PROMPTS)
     after = names[names.index("Score"):]
     assert len(after) >= 2 and all(sizes[n] < audio / 10 for n in after), sizes
 

@@ -44,5 +44,5 @@ def test_an_actor_that_cannot_fill_its_engine_is_warned_of(load, capsys):
     assert "warning" not in capsys.readouterr().err
     load("configs/caption.yaml", "engine.batch_size=16", "engine.max_inflight_batches=4")
     err = capsys.readouterr().err
-    assert ("warning: engine.batch_size=16 x engine.max_inflight_batches=4 x sampling.n=1 = 64 sequences in flight "
-            "per engine, below engine.max_num_seqs=1024: the engine never runs full") in err
+    assert ("warning: engine.batch_size=16 x engine.max_inflight_batches=4 x sampling.n=1 x 1 prompt a clip = 64 "
+            "sequences in flight per engine, below engine.max_num_seqs=1024: the engine never runs full") in err

@@ -7,7 +7,7 @@ import pytest
 
 from operators import config as config_mod
 from operators.models import MODELS, resolve
-from operators.prompt import Prompt, fill
+from operators.prompt import Prompt, fan_out, fill
 
 
 @pytest.fixture
@@ -79,8 +79,10 @@ def test_auto_reads_the_facts_of_the_checkpoint(assets):
 
 
 def stage(spec, path, prompts):
-    return Prompt(spec=spec, trust_remote_code=False, model_path=path, system=None, prompts=prompts,
+    """The prompt stage's rows as the engine stage asks them (fanned out over prompts)."""
+    asks = Prompt(spec=spec, trust_remote_code=False, model_path=path, system=None, prompts=prompts,
                   conversations=False, language=None)
+    return lambda batch: fan_out(asks(batch))
 
 
 def rows(**columns):

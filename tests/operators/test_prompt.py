@@ -7,7 +7,7 @@ import pytest
 
 from operators import conversation as conv
 from operators.models import spec
-from operators.prompt import CONVERSATION, Prompt, render
+from operators.prompt import CONVERSATION, Prompt, fan_out, render
 
 QWEN2_AUDIO, AF3, OMNI = spec("qwen2-audio"), spec("audio-flamingo-3"), spec("qwen2.5-omni")
 
@@ -178,7 +178,7 @@ def test_moss_audio_prompt_is_the_one_its_processor_writes(assets):
         "<|audio_bos|><|AUDIO|><|audio_eos|>\nDescribe this audio.<|im_end|>\n<|im_start|>assistant\n")
     stage = Prompt(spec=MOSS, trust_remote_code=True, model_path=assets["moss"], system=None,
                    prompts={"caption": {"instruction": "Describe this audio.", "system": None}}, conversations=False, language=None)
-    assert stage(rows([None])).column("prompt_text")[0].as_py() == render(tok, MOSS, caption(text="Describe this audio."))
+    assert fan_out(stage(rows([None]))).column("prompt_text")[0].as_py() == render(tok, MOSS, caption(text="Describe this audio."))
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 7.3, 30.0])
@@ -207,7 +207,7 @@ def test_multilingual_whisper_is_told_the_rows_language_or_the_jobs(assets):
     stage = Prompt(spec=spec("whisper"), trust_remote_code=False, model_path=path, system=None,
                    prompts={"transcribe": {"instruction": "Transcribe.", "system": None}}, conversations=False,
                    language="de")
-    out = stage(rows([None] * 3).append_column("language", pa.array(["fr", None, "xx"], pa.string())))
+    out = fan_out(stage(rows([None] * 3).append_column("language", pa.array(["fr", None, "xx"], pa.string()))))
     assert out.column("language").to_pylist() == ["fr", "de", "xx"]
     texts, errs = out.column("prompt_text").to_pylist(), out.column("error").to_pylist()
     assert texts[:2] == ["<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>",
@@ -218,9 +218,9 @@ def test_multilingual_whisper_is_told_the_rows_language_or_the_jobs(assets):
     tok = AutoTokenizer.from_pretrained(path)
     assert tok(texts[0], add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(
         ["<|startoftranscript|>", "<|fr|>", "<|transcribe|>", "<|notimestamps|>"])
-    english = Prompt(spec=spec("whisper"), trust_remote_code=False, model_path=path, system=None,
-                     prompts={"transcribe": {"instruction": "Transcribe.", "system": None}}, conversations=False,
-                     language=None)(rows([None]))
+    english = fan_out(Prompt(spec=spec("whisper"), trust_remote_code=False, model_path=path, system=None,
+                             prompts={"transcribe": {"instruction": "Transcribe.", "system": None}}, conversations=False,
+                             language=None)(rows([None])))
     assert english.column("language").to_pylist() == ["en"]  # unset: English, as before
 
 
@@ -237,7 +237,9 @@ PROMPTS = {"caption": {"instruction": "Describe it.", "system": None},
 
 def test_fan_out_gives_every_clip_every_prompt(assets):
     stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False, language=None)
-    out = stage(rows([None, None]))
+    asked = stage(rows([None, None]))
+    assert asked.num_rows == 2  # one row a clip leaves the stage: its audio once, fanned out by the engine stage
+    out = fan_out(asked)
     assert out.column("id").to_pylist() == ["r0"] * 3 + ["r1"] * 3
     assert out.column("prompt_id").to_pylist() == ["caption", "events", "lang"] * 2
     assert set(out.column("prompts").to_pylist()) == {3}
@@ -249,7 +251,7 @@ def test_fan_out_gives_every_clip_every_prompt(assets):
 def test_error_rows_fan_out_too(assets):
     """A clip that failed to decode still comes out once per prompt, with its error."""
     stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system=None, prompts=PROMPTS, conversations=False, language=None)
-    out = stage(rows([None], err="decode/missing: a.wav: no such file"))
+    out = fan_out(stage(rows([None], err="decode/missing: a.wav: no such file")))
     assert out.column("prompt_id").to_pylist() == list(PROMPTS)
     assert out.column("error").to_pylist() == ["decode/missing: a.wav: no such file"] * 3
     assert out.column("prompt_text").to_pylist() == [None] * 3
@@ -258,7 +260,7 @@ def test_error_rows_fan_out_too(assets):
 def test_conversations_are_answered_as_they_are(assets):
     chat = json.dumps(conv.from_dataflow([{"from": "human", "value": "<audio>What is it?"}], ["a.wav"]))
     stage = Prompt(spec=QWEN2_AUDIO, trust_remote_code=False, model_path=assets["model"], system="Be brief.", prompts={}, conversations=True, language=None)
-    out = stage(rows([chat, None]))
+    out = fan_out(stage(rows([chat, None])))
     assert out.column("prompt_id").to_pylist() == [CONVERSATION] * 2
     assert out.column("prompt").to_pylist()[0] == "What is it?"
     assert out.column("prompt_text")[0].as_py().startswith("<|im_start|>system\nBe brief.")
@@ -267,5 +269,5 @@ def test_conversations_are_answered_as_they_are(assets):
 
 def test_too_many_audio_items_is_the_rows_error(assets):
     stage = Prompt(spec=AF3, trust_remote_code=False, model_path=assets["af3"], system=None, prompts=PROMPTS, conversations=False, language=None)
-    out = stage(rows([None], uris=[["a.wav", "b.wav"]]))
+    out = fan_out(stage(rows([None], uris=[["a.wav", "b.wav"]])))
     assert out.column("error")[0].as_py().startswith("prompt/too_many_audio: a.wav, b.wav: the model takes at most 1")

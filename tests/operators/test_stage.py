@@ -3,7 +3,7 @@ for a stage that returns one table and one that yields several."""
 import pyarrow as pa
 import pytest
 
-from operators.stage import Stage, put
+from operators.stage import Stage, dropped, put
 
 
 class Tag(Stage):
@@ -41,3 +41,9 @@ def test_a_column_the_stage_does_not_declare_is_refused(stage):
 def test_a_column_the_stage_reads_must_be_there():
     with pytest.raises(KeyError, match=r"Tag needs columns \['text'\]"):
         Tag()(BATCH.drop_columns(["text"]))
+
+
+def test_a_column_named_twice_is_dropped_once():
+    """Arrow's drop_columns given a name twice also drops the column after it."""
+    t = pa.table({"a": [1], "b": [2], "c": [3]})
+    assert dropped(t, ("b", "b", "x")).column_names == ["a", "c"]
