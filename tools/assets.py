@@ -297,6 +297,24 @@ def build_tiny_qwen3(out: str, seed: int = 0) -> str:
     return save(model, tmp, out)
 
 
+def build_tiny_whisper(out: str, english: str, seed: int = 0) -> str:
+    """A tiny random-weight multilingual Whisper with tiny.en's tokenizer and feature extractor (`english`:
+    its folder), whose tokenizer has every language token: what the language a prompt names changes what it
+    writes, where tiny.en's trained weights ignore it."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(english, tmp, ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+    base = WhisperConfig.from_pretrained(english).to_dict()
+    base.update(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=128, decoder_ffn_dim=128)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(WhisperConfig(**base))
+    return save(model, tmp, out)
+
+
 CLAP_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
@@ -737,6 +755,8 @@ def main(argv: list[str] | None = None) -> None:
         from tools.whisper_ct2 import convert, packaged_source
 
         convert(packaged_source(), whisper)
+    if not os.path.isdir(os.path.join(models, "tiny-whisper")):
+        build_tiny_whisper(os.path.join(models, "tiny-whisper"), whisper)
     speech = os.path.join(root, "speech")
     if not os.path.isfile(os.path.join(speech, "manifest.jsonl")):
         build_speech(speech)

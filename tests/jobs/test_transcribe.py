@@ -105,6 +105,55 @@ def test_transformers_generate_gives_the_same_text(run, assets):
     assert texts == [run["by_id"][c][0]["text"] for c in clips]
 
 
+def greedy(model, features, prompt: list[int], eos: int, limit: int) -> list[int]:
+    """Whisper's greedy decoding from `prompt`, one forward pass a token: no prompt building of its own."""
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        while len(ids) - len(prompt) < limit:
+            logits = model(input_features=features, decoder_input_ids=torch.tensor([ids])).logits
+            ids.append(int(logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt):]
+
+
+def test_multilingual_whisper_is_given_the_row_s_language_or_the_job_s(assets, tmp_path):
+    """A tiny random multilingual Whisper (tiny.en's trained weights ignore the language token): a row's engine
+    prompt names its `language`, else prompt.language. Each row's text is what greedy decoding in transformers
+    writes from that prompt, and the three languages' texts differ: the engine was given each row's token."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from operators.decode import load
+
+    speech = {m["id"]: m for m in map(json.loads, open(os.path.join(assets["speech"], "manifest.jsonl")))}
+    asked = {"s0-22k": "fr", "s1-48k": "de", "s2-16k": None}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": c, "audio": os.path.join(assets["speech"], speech[c]["audio"]),
+                                            **({"language": lang} if lang else {})}) + "\n"
+                                for c, lang in asked.items()))
+    out, path = str(tmp_path / "out"), os.path.join(os.path.dirname(assets["model"]), "tiny-whisper")
+    proc = subprocess.run(CMD + ["--input", str(manifest), "--output", out, "model.family=whisper",
+                                 f"model.path={path}", "prompt.language=es", "sampling.max_tokens=12"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["id"]: r for f in sorted(os.listdir(out)) if f.startswith("part-")
+            for r in pq.read_table(os.path.join(out, f)).to_pylist()}
+    assert {c: rows[c]["language"] for c in asked} == {"s0-22k": "fr", "s1-48k": "de", "s2-16k": "es"}
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    processor = WhisperProcessor.from_pretrained(path)
+    tok = processor.tokenizer
+    for c, r in rows.items():
+        features = processor(load(r["audio"], 16000)[0], sampling_rate=16000, return_tensors="pt").input_features
+        prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{r['language']}|>", "<|transcribe|>",
+                                            "<|notimestamps|>"])
+        expected = tok.decode(greedy(model, features, prompt, tok.eos_token_id, 12), skip_special_tokens=True)
+        assert r["error"] is None and r["text"] == expected.strip(), c
+    assert len({r["text"] for r in rows.values()}) == 3
+
+
 @pytest.fixture(scope="module")
 def longform(run, assets):
     with open(os.path.join(assets["longform"], "talk-10min.json")) as f:
