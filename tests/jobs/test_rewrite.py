@@ -55,6 +55,25 @@ def test_every_clip_window_gets_one_rewrite_row_and_its_sources_are_the_answers(
     assert summary["rows_in"] == summary["rows_out"] == len(recipe["listen"]) and summary["duplicate_rows"] == 0
 
 
+def test_the_listen_step_asks_its_three_prompts_of_one_copy_of_each_window_s_audio(recipe):
+    """Scoring off, three prompts: the prompt stage hands on one row a window (the window's audio once), the
+    engine stage one row a prompt, and every stage after it rows a tenth of the shortest window's audio or less:
+    the audio left with the requests."""
+    from tests.jobs.test_fanout import per_row
+
+    with open(f"{recipe['root']}/listen/_summary.json") as f:
+        summary = json.load(f)
+    windows = {window(r) for r in recipe["listen"]}
+    stages = summary["stages"]
+    assert stages["Prompt"]["rows_out"] == len(windows) and stages["Generate"]["rows_out"] == 3 * len(windows)
+    good = [r for r in recipe["listen"] if r["error"] is None]
+    audio = 4 * 16000 * min(r["segment_end_s"] - r["segment_start_s"] for r in good)
+    sizes = per_row(summary)
+    names = list(sizes)
+    after = names[names.index("Generate"):]
+    assert len(after) >= 2 and all(sizes[n] < audio / 10 for n in after), sizes
+
+
 def test_each_row_lists_the_rows_it_was_made_from(recipe):
     listen = {(os.path.basename(p), i): r for p in parts(f"{recipe['root']}/listen")
               for i, r in enumerate(pq.read_table(f"{recipe['root']}/listen/{p}").to_pylist())}
