@@ -443,10 +443,11 @@ def checked(cfg: JobCfg) -> JobCfg:
     quality_rules(cfg)
     s = cfg.sampling
     asked = len(cfg.prompt.use) or 1  # a batch's clips are each asked every prompt
-    if e.max_num_seqs and e.batch_size * e.max_inflight_batches * s.n * asked < e.max_num_seqs:
+    inflight = e.batch_size * e.max_inflight_batches * s.n * asked
+    if e.max_num_seqs and inflight < e.max_num_seqs:
         print(f"warning: engine.batch_size={e.batch_size} x engine.max_inflight_batches={e.max_inflight_batches} x "
-              f"sampling.n={s.n} x {asked} prompt{'s' * (asked > 1)} a clip = "
-              f"{e.batch_size * e.max_inflight_batches * s.n * asked} sequences in flight per engine, below "
+              f"sampling.n={s.n} x {asked} prompt{'s' * (asked > 1)} a clip = {inflight} sequences in flight per "
+              "engine, below "
               f"engine.max_num_seqs={e.max_num_seqs}: the engine never runs full; raise batch_size or "
               "max_inflight_batches", file=sys.stderr)
     if s.n > 1 and s.temperature == 0:

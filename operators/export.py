@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.stage import Stage, actors, put
+from operators.stage import Stage, actors, dropped, put
 
 DROPPED = "dropped"
 # Working and bookkeeping columns that are not part of a training row.
@@ -95,7 +95,7 @@ class Export(Stage):
             splits.append(split or split_of(key, self.seed, self.splits))
             errs.append(error)
         out = batch.rename_columns(["source_audio" if c == "audio" else c for c in names])
-        out = out.drop_columns([c for c in INTERNAL if c in names])
+        out = dropped(out, INTERNAL)
         out = put(out, audio=pa.array(structs, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
                   error=pa.array(errs, pa.string()), split=pa.array(splits, pa.string()))
         out = out.select(["audio", *[c for c in out.column_names if c != "audio"]])

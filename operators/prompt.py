@@ -177,8 +177,8 @@ class Prompt(Stage):
                 mine.append(ask)
             asks.append(mine)
             counts.append(len(pids))
-        ask = pa.struct(ASK + [SPOKEN] * bool(self.spec.languages))
-        return put(batch, asks=pa.array(asks, pa.list_(ask)), prompts=pa.array(counts, pa.int32()))
+        ask_type = pa.struct(ASK + [SPOKEN] * bool(self.spec.languages))
+        return put(batch, asks=pa.array(asks, pa.list_(ask_type)), prompts=pa.array(counts, pa.int32()))
 
 
 def apply(ds, cfg, spec: ModelSpec, prompts: dict, conversations: bool):

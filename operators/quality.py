@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from operators.rules import Row
-from operators.stage import Stage, actors, put
+from operators.stage import Stage, actors, dropped, put
 
 TRANSCRIPT = "text"  # jobs.transcribe's column: its rows' language rule reads the row's `language`
 
@@ -103,7 +103,7 @@ class Quality(Stage):
             if "clap_score" in batch.column_names:
                 batch = put(batch, clap_score=pa.array(chosen["clap_score"], pa.float64()),
                             candidate_scores=pa.array(chosen["candidate_scores"], pa.list_(pa.float64())))
-            batch = batch.drop_columns([c for c in ("finish_reasons",) if c in batch.column_names])
+            batch = dropped(batch, ("finish_reasons",))
         return batch
 
 

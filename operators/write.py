@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.ledger import DERIVED, INPUT, PART, UNIT
-from operators.stage import put
+from operators.stage import dropped, put
 
 DROP = ("waveform", "prompt_text", "audio_bytes", "audio_uris", "chat")
 LEAD = ("output_id", "id", "audio", "prompt_id", "{column}", "error", "warning", "model", "prompt", "duration_s",
@@ -38,7 +38,7 @@ def finalize(batch: pa.Table, column: str, model: str, sampling: str, run_id: st
              audio_list: bool = False) -> pa.Table:
     """Drop working columns, add provenance, put the columns users query first. `audio` is the list of a
     row's audio uris for question answering (as DataFlow-MM writes it), else the clip's uri."""
-    batch = batch.drop_columns([c for c in DROP if c in batch.column_names])
+    batch = dropped(batch, DROP)
     # (A rewrite's rows have it as text already: their input's.)
     if not audio_list and "audio" in batch.column_names and pa.types.is_list(batch.schema.field("audio").type):
         batch = put(batch, audio=audio_text(batch.column("audio")))
@@ -97,7 +97,7 @@ def write_batch(batch: pa.Table, output: str, run_id: str, committed: pa.Table |
     if batch.num_rows == 0:
         return PROGRESS.empty_table()
     if derived:
-        table = batch.drop_columns([c for c in DROP if c in batch.column_names])
+        table = dropped(batch, DROP)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **DERIVED})
     else:
         table = finalize(batch, run_id=run_id, **provenance)
