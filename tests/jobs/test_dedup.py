@@ -1,6 +1,6 @@
 """The dedup job end to end on real Ray: generated clips and their copies (other clips and transforms than
-the benchmark's), an evaluation set to keep out, bad rows; the kept manifest; a kill -9 and a resume that give
-the same clusters."""
+the benchmark's), an evaluation set to keep out, bad rows; the kept manifest. The run is killed -9 and resumed,
+and what it gives is checked against the corpus: a resume that lost or redid identities would show."""
 import json
 import os
 import signal
@@ -48,11 +48,25 @@ def dedup(clips, out, *extra, **kw):
 
 @pytest.fixture(scope="module")
 def run(clips, tmp_path_factory):
+    """One run, killed (kill -9 of its driver) once a few identities are committed, then resumed with the same
+    command: the tests below check the resumed output against what the corpus holds."""
     out = str(tmp_path_factory.mktemp("dedup-out") / "out")
-    proc = dedup(clips, out)
+    small = ["decode.batch_size=1", "write.rows_per_file=1"]
+    log = tmp_path_factory.mktemp("dedup-log") / "killed.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(CMD + ["--input", clips["manifest"], "--output", out,
+                                       f"dedup.exclude=[{clips['eval']}]", *small],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: len(parts(os.path.join(out, "_identity"))) >= 3, 600, proc, f)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    wait_for(lambda: not pids("MapBatches"), 60)
+    killed = os.path.exists(os.path.join(out, "_SUCCESS"))
+    proc = dedup(clips, out, *small)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(os.path.join(out, "_summary.json")) as f:
-        return {"out": out, "rows": outputs(out), "summary": json.load(f), "stdout": proc.stdout}
+    with open(os.path.join(out, "_summary.json")) as f, open(os.path.join(out, "_identity", "_summary.json")) as g:
+        return {"out": out, "rows": outputs(out), "summary": json.load(f), "identity": json.load(g),
+                "stdout": proc.stdout, "finished_before_the_kill": killed}
 
 
 def test_every_copy_points_to_its_original_and_no_two_clips_merge(run, clips):
@@ -93,24 +107,7 @@ def test_kept_rows_are_a_manifest_of_the_input_s_columns(run):
     assert len(os.listdir(kept)) == len(parts(run["out"]))  # one kept part per marked part
 
 
-def test_kill_then_resume_gives_the_same_clusters(run, clips, tmp_path):
-    out = str(tmp_path / "out")
-    small = ["decode.batch_size=1", "write.rows_per_file=1"]
-    with open(tmp_path / "run1.log", "w") as log:
-        proc = subprocess.Popen(CMD + ["--input", clips["manifest"], "--output", out,
-                                       f"dedup.exclude=[{clips['eval']}]", *small],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: len(parts(os.path.join(out, "_identity"))) >= 3, 600, proc, log)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    wait_for(lambda: not pids("MapBatches"), 60)
-    assert not os.path.exists(os.path.join(out, "_SUCCESS"))
-    proc = dedup(clips, out, *small)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    again = outputs(out)
-    fields = ("duplicate_of", "contaminated_by", "keep", "audio_hash")
-    assert {i: tuple(r[f] for f in fields) for i, r in again.items()} == \
-        {i: tuple(r[f] for f in fields) for i, r in run["rows"].items()}
-    with open(os.path.join(out, "_identity", "_summary.json")) as f:
-        identity = json.load(f)
-    assert 0 < identity["rows_resumed"] < identity["rows_in"]  # the killed run's identities were kept
+def test_the_resume_kept_the_identities_the_killed_run_had_committed(run):
+    # The clusters it then made are the corpus's: the tests above.
+    assert not run["finished_before_the_kill"]
+    assert 0 < run["identity"]["rows_resumed"] < run["identity"]["rows_in"]

@@ -21,9 +21,9 @@ from tests.conftest import pids, wait_for
 from tests.jobs.test_runner import parts
 
 CMD = [sys.executable, "-m", "jobs.night", "--config", "configs/night-demo.yaml"]
-# The same both nights (sampling determines the rows); one row at a time, one per commit, long outputs, so
-# that a kill lands mid-step.
-ARGS = ["caption.sampling.max_tokens=256", "caption.sampling.min_tokens=256", "caption.write.rows_per_file=1",
+# The same both nights (sampling determines the rows); one row at a time, one per commit, so that a kill lands
+# mid-step: the killer acts within 0.1 s of a commit, and each of the 5 rows left takes ~2 s.
+ARGS = ["caption.sampling.max_tokens=48", "caption.sampling.min_tokens=48", "caption.write.rows_per_file=1",
         "caption.engine.batch_size=1", "caption.engine.max_inflight_batches=1", "caption.decode.batch_size=1",
         "dedup.dedup.exclude=[]"]
 STEPS = ("dedup", "caption", "quality", "export")

@@ -77,16 +77,6 @@ def test_the_summary_counts_what_the_parquet_holds(checked):
     assert f"quality: kept {s['rows_kept']} of {len(table)} rows" in checked["stdout"]
 
 
-def test_changed_rules_change_the_flags(upstream, tmp_path):
-    out = str(tmp_path / "out")
-    run(upstream, out, "quality.rules.too_short.min_words=1", "quality.rules.loop.drop=false")
-    table = rows(out)
-    short = [r for r in table if r["caption"] == CAPTIONS[4]]
-    loops = [r for r in table if r["caption"] == CAPTIONS[1]]
-    assert short and all(r["flags"] == [] and r["keep"] for r in short)
-    assert loops and all(r["flags"] == ["loop"] and r["keep"] for r in loops)  # flagged, no longer dropped
-
-
 def test_a_bad_rule_fails_before_ray(upstream, tmp_path):
     proc = subprocess.run(CMD + ["--input", upstream["out"], "--output", str(tmp_path / "o"),
                                  "quality.rules.lopo.drop=false"], capture_output=True, text=True, timeout=120)
@@ -94,9 +84,11 @@ def test_a_bad_rule_fails_before_ray(upstream, tmp_path):
     assert not ray_started(proc.stderr + proc.stdout)
 
 
-def test_kill_then_resume_writes_each_row_once(upstream, tmp_path):
+def test_kill_then_resume_writes_each_row_once_and_changed_rules_change_the_flags(upstream, tmp_path):
+    """Other rules than `checked`'s (both runs the same): too_short needs one word, loop flags without dropping."""
     out = str(tmp_path / "out")
-    small = ["write.rows_per_file=20", "read.max_chunk_rows=20"]
+    small = ["write.rows_per_file=20", "read.max_chunk_rows=20", "quality.rules.too_short.min_words=1",
+             "quality.rules.loop.drop=false"]
     with open(tmp_path / "run1.log", "w") as log:
         proc = subprocess.Popen(CMD + ["--input", upstream["out"], "--output", out, *small], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -112,3 +104,7 @@ def test_kill_then_resume_writes_each_row_once(upstream, tmp_path):
     with open(os.path.join(out, "_summary.json")) as f:
         summary = json.load(f)
     assert summary["rows_resumed"] == before and summary["output_rows_this_run"] == len(upstream["rows"]) - before
+    short = [r for r in after if r["caption"] == CAPTIONS[4]]
+    loops = [r for r in after if r["caption"] == CAPTIONS[1]]
+    assert short and all(r["flags"] == [] and r["keep"] for r in short)
+    assert loops and all(r["flags"] == ["loop"] and r["keep"] for r in loops)  # flagged, no longer dropped

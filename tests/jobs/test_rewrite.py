@@ -135,12 +135,13 @@ def test_a_rewrite_no_try_passes_stops_at_max_tries_and_a_kill_then_resume_gives
     """min_clap 1.0: no text scores that, so every window is tried max_tries times and keeps its 2 best distinct
     texts as 2 rows (rewrite.diverse); killed once a part is committed, then resumed: every window's rows once,
     the rows committed before the kill untouched."""
-    out = str(tmp_path / "rewrite")
+    out, tokens = str(tmp_path / "rewrite"), 16
     args = [sys.executable, "-m", "jobs.rewrite", "--config", "configs/recipes/audiosetcaps-rewrite.yaml",
             "--input", f"{recipe['root']}/listen", "--output", out,
             *(f"{k}={json.dumps(v)}" for k, v in recipe["overrides"].items()),
             "rewrite.accept.min_clap=1.0", "rewrite.max_tries=4", "rewrite.diverse=2", "sampling.n=2",
-            "engine.batch_size=1", "engine.max_inflight_batches=1", "sampling.max_tokens=48", "sampling.min_tokens=48"]
+            "engine.batch_size=1", "engine.max_inflight_batches=1", f"sampling.max_tokens={tokens}",
+            f"sampling.min_tokens={tokens}"]
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -165,7 +166,7 @@ def test_a_rewrite_no_try_passes_stops_at_max_tries_and_a_kill_then_resume_gives
             assert first["caption"] != second["caption"] and first["clap_score"] >= second["clap_score"]
             for r in (first, second):
                 assert r["tries"] == 4 and r["accepted"] is False and "below rewrite.accept.min_clap=1" in r["rejected"]
-            assert (first["output_tokens"], second["output_tokens"]) == (4 * 2 * 48, 0)  # every try's tokens, once
+            assert (first["output_tokens"], second["output_tokens"]) == (4 * 2 * tokens, 0)  # every try's tokens, once
     summary = json.load(open(f"{out}/_summary.json"))
     assert summary["rows_in"] == summary["rows_out"] == len(recipe["listen"]) and summary["duplicate_rows"] == 0
     assert summary["rows_resumed"] == sum(len(r["input_row"]) for f in before for r in pq.read_table(f"{out}/{f}").to_pylist()
