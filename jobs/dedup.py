@@ -28,19 +28,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import runner
-from operators import copies, identity
+from operators import copies, identity, read, write
 from operators import ledger as ledger_mod
-from operators.stage import LIGHT_CPUS, put
+from operators.stage import LIGHT_CPUS, Columns, declared, put
 
 IDENTITY, EXCLUDE, KEPT = "_identity", "_exclude", "kept"
 # The identity parts whose every row is marked: the next run compares only the parts after them with all.
 # An index, not a record: without it every identity is compared again (slower, the same marks).
 MARKED_PARTS = "_marked_parts.json"
-# What this job adds to a row: the kept manifest carries the input's columns only.
-ADDED = {"output_id", "prompt_id", "prompts", "error", "warning", "model", "prompt", "duration_s", "segment",
-         "segments", "segment_start_s", "segment_end_s", "speech_s", "sampling", "run_id", "created_at",
-         "source_manifest", "source_row", "audio_hash", "fingerprint", "signature", "active_s", "duplicate_of",
-         "contaminated_by", "keep", "input_part", "input_row"}
+LABEL = Columns(writes=("prompt_id", "prompts"))  # `label`'s
+# What this job adds to a row (its parts' declarations, and where the mark pass read the row): the kept manifest
+# carries the input's columns only.
+ADDED = {*declared("writes", read.COLUMNS, identity.Identify, LABEL, copies.COLUMNS, write.COLUMNS), *ledger_mod.INPUT}
 
 
 def label(batch: pa.Table) -> pa.Table:

@@ -25,6 +25,7 @@ def messages(spec: ModelSpec, system: str | None, text: str) -> list[dict]:
 class Chat(Stage):
     reads = ("prompt", "error")
     writes = ("prompt_text", "prompt")  # `prompt` becomes the text the model is given, as the output keeps it
+    working = ("prompt_text",)
 
     def setup(self) -> None:
         from transformers import AutoTokenizer

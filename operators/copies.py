@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.stage import LIGHT_CPUS, put
+from operators.stage import LIGHT_CPUS, Columns, put
 
 READS = ["source_manifest", "source_row", "id", "audio_hash", "fingerprint", "signature", "active_s", "error"]
 INPUT, EXCLUDE = 0, 1  # sides: rows being deduplicated, rows of evaluation sets
@@ -210,6 +210,10 @@ def remarked(assignment: pa.Table, before: pa.Table) -> int:
     `dedup.exclude` set): their committed rows are not rewritten."""
     now = assignment.join(before, ["source_manifest", "source_row"], join_type="inner", right_suffix="_before")
     return int(pc.sum(pc.and_(pc.is_valid(now["contaminated_by"]), pc.is_null(now["contaminated_by_before"]))).as_py() or 0)
+
+
+# `mark`'s: `keep` and what an evaluation clip a row copies are the run's verdict, no training column.
+COLUMNS = Columns(writes=("duplicate_of", "contaminated_by", "keep"), records=("contaminated_by", "keep"))
 
 
 def mark(batch: pa.Table, assignment: pa.Table) -> pa.Table:

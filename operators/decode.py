@@ -355,6 +355,8 @@ class Decode(Stage):
     writes = ("waveform", "duration_s", "segment", "segments", "segment_start_s", "segment_end_s", "speech_s",
               "warning", "error")
     drops = ("audio_bytes",)  # a parquet shard's inline audio: decoded here, needed by no later stage
+    working = ("waveform",)
+    records = ("warning",)
 
     def setup(self) -> None:
         c = self.cfg

@@ -20,12 +20,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.stage import Stage, actors, dropped, put
+from operators import copies, write
+from operators.decode import Decode
+from operators.generate import Generate
+from operators.identity import Identify
+from operators.prompt import Prompt
+from operators.quality import Quality
+from operators.score import Score
+from operators.stage import Stage, actors, declared, dropped, put
 
 DROPPED = "dropped"
-# Working and bookkeeping columns that are not part of a training row.
-INTERNAL = ("warning", "keep", "prompts", "run_id", "created_at", "finish_reason", "prompt_tokens", "output_tokens",
-            "candidates", "candidate_scores", "audio_hash", "fingerprint", "signature", "active_s", "contaminated_by")
+# What records how a row was made, not part of a training row.
+INTERNAL = declared("records", Decode, Identify, Prompt, Generate, Score, Quality, copies.COLUMNS, write.COLUMNS)
 
 
 def split_of(key: str, seed: int, splits: dict[str, float]) -> str:

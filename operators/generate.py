@@ -134,7 +134,9 @@ class Generate(Stage):
     # one row per ask (operators/prompt.py), plus the job's output column; with sampling.n > 1 every candidate
     # in `candidates` and `finish_reasons`
     writes = ("prompt_id", "prompt", "prompt_text", "language", "prompt_tokens", "output_tokens", "finish_reason",
-              "error", "warning")
+              "error", "warning", "candidates", "finish_reasons")
+    working = ("prompt_text",)
+    records = ("prompt_tokens", "output_tokens", "finish_reason", "candidates", "warning")
     # The window's audio (the bulk of a row: 1.9 MB for 30 s) leaves with the requests, before the rows fan
     # out over prompts: no stage after the engine needs it but the CLAP scorer (`keep_audio`: score.enabled),
     # which drops it once it has scored.
@@ -168,7 +170,7 @@ class Generate(Stage):
         self.restart_lock = asyncio.Lock()
 
     def written(self) -> set[str]:
-        return {*self.writes, self.column, "candidates", "finish_reasons"}
+        return {*self.writes, self.column}
 
     def _start(self):
         from vllm.usage.usage_lib import UsageContext

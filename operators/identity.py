@@ -19,6 +19,7 @@ class Identify(Stage):
     writes = ("audio_hash", "fingerprint", "signature", "active_s", "duration_s", "segment", "segments",
               "segment_start_s", "segment_end_s", "warning", "error")
     drops = ("audio_bytes",)
+    records = ("audio_hash", "fingerprint", "signature", "active_s", "warning")
 
     def setup(self) -> None:
         c = self.cfg

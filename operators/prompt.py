@@ -89,6 +89,8 @@ def fan_out(batch: pa.Table, without: tuple[str, ...] = ()) -> pa.Table:
 class Prompt(Stage):
     reads = ("audio_uris", "chat")  # and `language` where the model's prompt names it (multilingual Whisper)
     writes = ("asks", "prompts")
+    working = ("asks",)
+    records = ("prompts",)
 
     def setup(self) -> None:
         self.spec: ModelSpec = self.cfg["spec"]

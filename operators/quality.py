@@ -31,10 +31,12 @@ def best(candidates: list[dict], select: str) -> int:
 
 class Quality(Stage):
     reads = ("error",)  # and the job's text column; segment times, speech_s, warning, finish_reason, accepted when present
-    writes = ("flags", "keep")  # with candidates: the text column, finish_reason, clap_score, candidates ...
+    # with candidates also the best one's: the text column, finish_reason, clap_score, and the others in order
+    writes = ("flags", "keep", "finish_reason", "clap_score", "candidates", "candidate_scores")
+    records = ("keep", "finish_reason", "candidates", "candidate_scores")
 
     def written(self) -> set[str]:
-        return {*self.writes, self.column, "finish_reason", "clap_score", "candidates", "candidate_scores"}
+        return {*self.writes, self.column}
 
     def setup(self) -> None:
         from operators.rules import Rules

@@ -17,10 +17,14 @@ import numpy as np
 import pyarrow as pa
 
 from operators import conversation
-from operators.stage import put
+from operators.ledger import INPUT
+from operators.stage import Columns, put
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-WRITES = ("id", "audio", "audio_uris", "audio_bytes", "chat", "error", "source_manifest", "source_row")
+# Besides the manifest's own columns (`id` and `audio` as it names them): the audio to fetch, a conversation
+# as text, and where the row came from.
+COLUMNS = Columns(writes=("audio_uris", "audio_bytes", "chat", "error", "source_manifest", "source_row"),
+                  working=("audio_uris", "audio_bytes", "chat"))
 
 
 def expand(spec: str | list[str]) -> list[str]:
@@ -183,10 +187,6 @@ def to_table(rows: list[dict]) -> pa.Table:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return pa.table({k: pa.array([r.get(k) for r in rows], TYPES[k]) if k in TYPES else
                      _column([r.get(k) for r in rows]) for k in keys})
-
-
-# Where a derived job's row came from: the part file of the job output it reads, and the row in it.
-INPUT = ("input_part", "input_row")
 
 
 def read_rows(manifest: str, start: int, stop: int, skip: set[int]) -> pa.Table | None:

@@ -106,9 +106,6 @@ class Rewrite(Generate):
         best = sorted(tried.values(), key=lambda t: t[0], reverse=True)[:self.diverse]
         return [t[1:] for t in best], n_in, n_out, "; ".join(lost) or None, attempt + 1
 
-    def written(self) -> set[str]:
-        return {*self.writes, self.column}
-
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self.needs(batch)
         self._watching()

@@ -27,11 +27,9 @@ def embeddings(out):
 
 class Score(Stage):
     reads = ("error",)  # and the text column; `waveform`, or `audio` with the segment times
-    writes = ("clap_score",)  # and `candidate_scores` with several candidates
+    writes = ("clap_score", "candidate_scores")  # the latter with several candidates
     drops = ("waveform",)  # the last stage that needs the audio
-
-    def written(self) -> set[str]:
-        return {*self.writes, "candidate_scores"}
+    records = ("candidate_scores",)
 
     def setup(self) -> None:
         import torch

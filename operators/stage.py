@@ -7,6 +7,7 @@ clips of each row) without per-row Python objects.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
@@ -24,11 +25,19 @@ class Stage:
 
     The declarations are the stage's contract, enforced on every batch (async stages call `needs` and `done`
     themselves): a column it reads must be there, a column it adds must be declared, and what it drops leaves.
+    Of what it writes, `working` and `records` say what a row is for: the write stage, the export and dedup's
+    kept manifest take their column sets from them (`declared`), so a new column is declared once, here.
     """
 
     reads: ClassVar[tuple[str, ...]] = ()
-    writes: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ()  # and the job's text column, which its config names (`written`)
     drops: ClassVar[tuple[str, ...]] = ()  # read here and by no stage after: they leave the rows
+    working: ClassVar[tuple[str, ...]] = ()  # for the stages after it only: never written to the output
+    records: ClassVar[tuple[str, ...]] = ()  # how the row was made (counts, hashes, scores): no training column
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        written_only(cls.__name__, cls)
 
     def __init__(self, **cfg: Any):
         self.cfg = cfg
@@ -67,6 +76,31 @@ class Stage:
 
     def __del__(self) -> None:
         self.teardown()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The declarations of a Ray Data function that is not a Stage (read, write, dedup's marks), as a Stage's."""
+
+    writes: tuple[str, ...] = ()
+    working: tuple[str, ...] = ()
+    records: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        written_only("a Columns", self)
+
+
+def written_only(name: str, part) -> None:
+    """A declaration of working or records columns must be one of written columns."""
+    stray = (set(part.working) | set(part.records)) - set(part.writes)
+    if stray:
+        raise TypeError(f"{name} declares {sorted(stray)} working or records, but not in its writes")
+
+
+def declared(kind: str, *parts) -> tuple[str, ...]:
+    """The columns that `parts` (Stage classes and Columns) declare as `kind` ("writes", "working", "records"),
+    each once, in order."""
+    return tuple(dict.fromkeys(c for p in parts for c in getattr(p, kind)))
 
 
 def actors(size: int | tuple[int, int], calls_per_actor: int | None = None):

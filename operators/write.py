@@ -15,10 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators import read
+from operators.chat import Chat
+from operators.decode import Decode
+from operators.generate import Generate
 from operators.ledger import DERIVED, INPUT, PART, UNIT
-from operators.stage import dropped, put
+from operators.prompt import Prompt
+from operators.stage import Columns, declared, dropped, put
 
-DROP = ("waveform", "prompt_text", "audio_bytes", "audio_uris", "chat")
+COLUMNS = Columns(writes=("output_id", "model", "sampling", "run_id", "created_at"), records=("run_id", "created_at"))
+DROP = declared("working", read.COLUMNS, Decode, Prompt, Chat, Generate)
 LEAD = ("output_id", "id", "audio", "prompt_id", "{column}", "error", "warning", "model", "prompt", "duration_s",
         "segment", "segments", "segment_start_s", "segment_end_s", "sampling", "run_id", "created_at")
 
