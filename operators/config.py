@@ -447,8 +447,7 @@ def checked(cfg: JobCfg) -> JobCfg:
     if e.max_num_seqs and inflight < e.max_num_seqs:
         print(f"warning: engine.batch_size={e.batch_size} x engine.max_inflight_batches={e.max_inflight_batches} x "
               f"sampling.n={s.n} x {asked} prompt{'s' * (asked > 1)} a clip = {inflight} sequences in flight per "
-              "engine, below "
-              f"engine.max_num_seqs={e.max_num_seqs}: the engine never runs full; raise batch_size or "
+              f"engine, below engine.max_num_seqs={e.max_num_seqs}: the engine never runs full; raise batch_size or "
               "max_inflight_batches", file=sys.stderr)
     if s.n > 1 and s.temperature == 0:
         raise ConfigError(f"sampling.n={s.n} with sampling.temperature=0 gives {s.n} copies of the greedy text; "
