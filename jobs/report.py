@@ -16,6 +16,7 @@ REPORT, PAGE = "_report.png", "_report.html"
 SAMPLE = 50  # rows on the review page
 AUDIO_BUDGET = 3_500_000  # bytes of embedded audio: the page stays under about 5 MB
 PLAYER_RATE = 16_000
+PLAYER = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": 0.9}  # soundfile's, for `clip`
 
 
 def figures(ledger, summary: dict):
@@ -84,7 +85,7 @@ def clip(row: dict) -> bytes | None:
     except (DecodeError, sf.LibsndfileError, OSError, ValueError):
         return None
     buf = io.BytesIO()
-    sf.write(buf, np.clip(wave, -1, 1), rate, format="MP3", subtype="MPEG_LAYER_III", compression_level=0.9)
+    sf.write(buf, np.clip(wave, -1, 1), rate, **PLAYER)
     return buf.getvalue()
 
 
