@@ -35,7 +35,8 @@ demo: assets
 	$(PY) -m jobs.aqa --config configs/aqa-demo.yaml --fresh
 
 test: assets browser
-	$(PY) -m pytest -q --durations=30 tests
+	# Two lanes (tests/conftest.py says how they share the machine), the slowest tests listed at the end.
+	$(PY) -m pytest -q -n 2 --no-loadscope-reorder --durations=30 tests
 
 clean:
 	rm -rf out .cache

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pyarrow as pa
@@ -21,6 +22,42 @@ os.chdir(ROOT)  # configs name paths relative to the repo root, as users run the
 # Ray heads enable token auth, and a process reads RAY_AUTH_MODE once, when it first talks to Ray: set from the
 # start, every driver of the session (this process too, whichever test first touches Ray) sends the token.
 os.environ["RAY_AUTH_MODE"] = "token"
+# `make test` runs the suite in two lanes (pytest-xdist): while one lane's job imports vLLM or loads its engine on
+# one core, the other's work runs on the other core. Every Ray instance a lane starts (its head, a job's local
+# instance, a test's cluster) keeps its sessions under a folder of the lane's own, where Ray's workers and the
+# engine processes they start write their output: that is how a test finds its lane's processes (`pids`).
+RAY_ROOT = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="em")  # short: Ray's socket paths go under it
+
+
+def pytest_sessionfinish(exitstatus):
+    """The lane's Ray sessions (their logs) are kept where a test failed, else removed."""
+    if exitstatus == 0:
+        shutil.rmtree(RAY_ROOT, ignore_errors=True)
+
+
+# The modules that read the session's caption run: one lane takes them all, so that it runs once.
+CAPTION_RUN_READERS = {f"tests/jobs/test_{m}.py" for m in ("aqa", "caption", "export", "report")}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """A lane takes whole modules (a module's fixtures run once), the caption run's readers together. (xdist's
+    own loadgroup cannot group them: with pytest 9.2 it silently distributes test by test, pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "caption run" if module in CAPTION_RUN_READERS else module
+
+    return Lanes(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The jobs' modules first, the cluster's (minutes of waiting for a node) first of all: the operators' quick
+    ones fill the end, so that the lanes end together (`make test` keeps this order: --no-loadscope-reorder)."""
+    items.sort(key=lambda item: (not item.nodeid.startswith("tests/jobs/"),
+                                 not item.nodeid.startswith("tests/jobs/test_ray_cluster.py")))
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +91,17 @@ def wait_for(predicate, timeout, proc=None, log=None):
 
 
 def pids(pattern):
+    """This lane's Ray workers and engine processes whose command line matches `pattern` (as `pgrep -f`): those
+    whose output goes to a log of one of the lane's Ray sessions (the other lane's, or a user's, are not touched)."""
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if int(p) != os.getpid()]
+    return [int(p) for p in out if int(p) != os.getpid() and logs_to_lane(int(p))]
+
+
+def logs_to_lane(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/1").startswith(RAY_ROOT + os.sep)
+    except OSError:  # gone, or no stdout
+        return False
 
 
 def ray_started(output: str) -> bool:
@@ -101,7 +147,7 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """One Ray head for the session's jobs, joined through RAY_ADDRESS as on a cluster (`ray job submit` sets
+    """One Ray head for the lane's jobs, joined through RAY_ADDRESS as on a cluster (`ray job submit` sets
     it too): a job's own local instance costs it ~10 s to start, and the suite runs dozens of jobs. A test
     that needs its own cluster (nodes lost, `ray job submit`) sets RAY_ADDRESS for its job itself. The head has
     the local instance's settings (jobs.runner.LOCAL), started from the repository root as users run jobs."""
@@ -127,9 +173,6 @@ def ray_head(tmp_path_factory):
         wait_for(lambda: not group_alive(proc.pid), 10)
     except AssertionError:
         os.killpg(proc.pid, signal.SIGKILL)
-    current = "/tmp/ray/ray_current_cluster"  # where `ray start` recorded the head for later `ray.init()`s
-    if os.path.exists(current) and f":{port}" in open(current).read():
-        os.remove(current)
 
 
 @pytest.fixture(scope="session")

@@ -71,10 +71,6 @@ def cluster(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-        # `ray start` records the head here for later `ray.init()` calls; it is gone now.
-        current = "/tmp/ray/ray_current_cluster"
-        if os.path.exists(current) and f":{port}" in open(current).read():
-            os.remove(current)
 
 
 def test_ray_job_submit_reads_and_writes_s3_through_a_flaky_store(s3, cluster, assets):
@@ -144,9 +140,11 @@ def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_n
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     # Longer answers than SMALL's, so that rows are left for the second loss. The stall limit covers an engine's
-    # start and its first commit on a busy box, where a node's workers all import at once: up to 87 s to a ready
-    # engine measured here, and one run on CI went past 120 s.
-    cmd = CMD + ["--input", m, "--output", out, *SMALL, "run.stall_s=180", "sampling.max_tokens=160",
+    # start and its first commit on a busy box, where a node's workers all import at once and the suite's other
+    # lane runs its jobs: up to 87 s to a ready engine measured here with one lane, and one run on CI went past
+    # 120 s. What the limit adds to this test's time the other lane uses.
+    stall = 300
+    cmd = CMD + ["--input", m, "--output", out, *SMALL, f"run.stall_s={stall}", "sampling.max_tokens=160",
                  "sampling.min_tokens=160"]
     try:
         node = cluster.add_node(num_cpus=4)
@@ -161,16 +159,17 @@ def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_n
                 wait_for(lambda: len(parts(out)) > seen + 1, 600, proc, log)  # the replacement took over
                 cluster.remove_node(node, allow_graceful=False)
                 lost = time.time()
-                code = proc.wait(timeout=300)
+                code = proc.wait(timeout=stall + 120)
                 waited = time.time() - lost
             finally:
                 if proc.poll() is None:
                     proc.kill()
         text = open(tmp_path / "run.log").read()
         assert code == 1, text[-3000:]
-        assert re.search(r"^stalled: no row committed for 18\d s \(run.stall_s=180\): no node can host the decode actors "
-                         r"\(0.5 CPU\); the committed rows are kept and the same command resumes$", text, re.M), text[-3000:]
-        assert waited < 180 + 60, waited  # bounded: the stall limit and a poll, not forever
+        assert re.search(rf"^stalled: no row committed for {stall // 10}\d s \(run.stall_s={stall}\): no node can host "
+                         r"the decode actors \(0.5 CPU\); the committed rows are kept and the same command resumes$",
+                         text, re.M), text[-3000:]
+        assert waited < stall + 60, waited  # bounded: the stall limit and a poll, not forever
         committed = len(rows(out))
         assert 0 < committed < n
         cluster.add_node(num_cpus=4)

@@ -57,8 +57,9 @@ def test_engine_killed_stalled_and_its_actor_killed_mid_run_job_completes(assets
     n = 60
     m, out = manifest(tmp_path, n), str(tmp_path / "out")
     with open(tmp_path / "run.log", "w") as log:
-        # Longer answers than SMALL's: rows must be left for each fault after the engine before it came back.
-        proc = start(m, out, log, "engine.stall_s=15", "sampling.max_tokens=160", "sampling.min_tokens=160")
+        # Longer answers than SMALL's: rows must be left for each fault after the engine before it came back. An
+        # answer takes seconds, more while the suite's other lane runs a job: 30 s without one is a stall.
+        proc = start(m, out, log, "engine.stall_s=30", "sampling.max_tokens=160", "sampling.min_tokens=160")
 
         def said(event):  # the driver says it when the first row retried on the new engine is committed
             return lambda: f"event: generate/{event}" in open(tmp_path / "run.log").read()
