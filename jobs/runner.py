@@ -101,6 +101,15 @@ def check(cfg, job: Job) -> dict:
     return prompts
 
 
+def whole_lines() -> None:
+    """Each line the driver prints reaches its log in one write. Unbuffered (PYTHONUNBUFFERED: `ray job submit`
+    sets it), print() writes a line and its newline apart, and a line Ray logs meanwhile from another thread into
+    the same file lands between them: a progress event was seen glued to Ray Data's next log line. Line-buffered,
+    a line still goes out the moment it ends."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML config, e.g. configs/caption.yaml")
@@ -466,6 +475,7 @@ def stop(e: Exception) -> int:
 
 
 def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
+    whole_lines()
     args = parse_args(argv, doc)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)

@@ -1,5 +1,6 @@
 """Crashes and reruns through the real pipeline: kill the engine and its actor mid-run (kill -9 of the driver
 and a resume: tests/jobs/test_night.py, through the night's driver). Every input row must come out exactly once."""
+import io
 import json
 import os
 import re
@@ -171,3 +172,31 @@ def test_a_job_whose_engine_no_node_can_host_stops_and_says_so(assets, tmp_path)
     assert re.match(r"stalled: no row committed for 2\d s \(run.stall_s=20\): no node can host the engine \(1 GPU, "
                     r"1 CPU\); the committed rows are kept and the same command resumes$", line), line
     wait_for(lambda: not pids("MapBatches"), 60)
+
+
+def test_each_line_the_driver_prints_reaches_its_log_in_one_write(monkeypatch):
+    """As `ray job submit` runs a driver (PYTHONUNBUFFERED), print() writes a line and its newline apart, and a
+    line Ray logs meanwhile from another thread into the same file lands between them (seen: a progress event
+    glued to Ray Data's next log line, which the engine-fault test above then did not find). The job's streams
+    are made to write each line whole."""
+    from jobs import runner
+
+    writes = []
+
+    class Log(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            writes.append(bytes(b))
+            return len(b)
+
+    for name in ("stdout", "stderr"):  # unbuffered, as python -u and PYTHONUNBUFFERED make them
+        monkeypatch.setattr(sys, name, io.TextIOWrapper(Log(), write_through=True))
+    print("event: a")
+    assert writes == [b"event: a", b"\n"]
+    writes.clear()
+    runner.whole_lines()
+    print("event: b")
+    print("stalled: c", file=sys.stderr)
+    assert writes == [b"event: b\n", b"stalled: c\n"]
