@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,8 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.chdir(ROOT)  # configs name paths relative to the repo root, as users run them
 # Ray heads enable token auth, and a process reads RAY_AUTH_MODE once, when it first talks to Ray: set from the
-# start, every driver of the session (this process too, whichever test first touches Ray) sends the token.
+# start, every driver of the session (this process too, whichever test first touches Ray) sends the token. The
+# token is the lane's own, in the environment every process of the lane inherits (as Ray's own tests give it):
+# `ray start --head` does not make one where ~/.ray/auth_token is missing (a fresh machine), and two lanes making
+# that file at once could each start heads with a token the other then overwrites.
 os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 # `make test` runs the suite in two lanes (pytest-xdist): while one lane's job imports vLLM or loads its engine on
 # one core, the other's work runs on the other core. Every Ray instance a lane starts (its head, a job's local
 # instance, a test's cluster) keeps its sessions under a folder of the lane's own, where Ray's workers and the
