@@ -60,7 +60,14 @@ def source(uri: str, data: bytes | None, whole_bytes: int):
         yield io.BytesIO(data), len(data)
         return
     try:
-        f = fsspec.open(uri, "rb").open()
+        of = fsspec.open(uri, "rb")
+        local = "file" in (of.fs.protocol if isinstance(of.fs.protocol, tuple) else (of.fs.protocol,))
+        # A named pipe or a device is no clip: opened, a pipe waits for a writer forever, and the run with it.
+        kind = of.fs.info(of.path)["type"] if local else "file"
+        if kind != "file":
+            raise DecodeError("missing", uri, "is a directory, not a file" if kind == "directory" else
+                              "is a named pipe, socket or device, not a regular file")
+        f = of.open()
         size = f.size if getattr(f, "size", None) is not None else f.fs.size(f.path)
     except FileNotFoundError as e:
         # fsspec's HTTP filesystem reports a refused connection as FileNotFoundError, caused by the real error.
@@ -69,16 +76,13 @@ def source(uri: str, data: bytes | None, whole_bytes: int):
         raise DecodeError("missing", uri, "no such file") from None
     except PermissionError as e:
         raise DecodeError("permission", uri, f"permission denied ({e.strerror or e})") from None
-    except IsADirectoryError:
-        raise DecodeError("missing", uri, "is a directory, not a file") from None
     except (OSError, ValueError, ImportError) as e:  # network, unknown protocol, protocol without its library
         raise DecodeError("unreachable", uri, f"{type(e).__name__}: {e}") from None
     try:
         if not size:
             raise DecodeError("empty", uri, "file is empty (0 bytes)")
         # A small remote file in one request rather than many ranged reads; a local one always streams.
-        protocols = f.fs.protocol if isinstance(f.fs.protocol, tuple) else (f.fs.protocol,)
-        if size <= whole_bytes and "file" not in protocols:
+        if size <= whole_bytes and not local:
             try:
                 data = f.read()
             except OSError as e:

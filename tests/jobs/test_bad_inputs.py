@@ -51,6 +51,7 @@ def corpus(d):
     for name, data in files.items():
         (d / name).write_bytes(data)
     (d / "adir.wav").mkdir()
+    os.mkfifo(d / "pipe.wav")  # opened, a named pipe waits for a writer: forever
 
     def row(audio, **kw):
         return json.dumps({"audio": audio, **kw})
@@ -64,6 +65,7 @@ def corpus(d):
         ("[1, 2, 3]", "read/bad_row", None),
         (row("nope.wav"), "decode/missing", None),
         (row("adir.wav"), "decode/missing", None),
+        (row("pipe.wav"), "decode/missing", None),
         (row("http://127.0.0.1:9/x.wav"), "decode/unreachable", None),
         (row("nosuchproto://bucket/x.wav"), "decode/unreachable", None),
         (row("empty.wav"), "decode/empty", None),
