@@ -230,7 +230,7 @@ def dry_run(steps: list[Step]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runner.whole_lines()
+    runner.as_driver()
     args = runner.parse_args(argv, __doc__)
     try:
         night = config_mod.load_night(args.config)

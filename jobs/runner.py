@@ -101,13 +101,18 @@ def check(cfg, job: Job) -> dict:
     return prompts
 
 
-def whole_lines() -> None:
-    """Each line the driver prints reaches its log in one write. Unbuffered (PYTHONUNBUFFERED: `ray job submit`
-    sets it), print() writes a line and its newline apart, and a line Ray logs meanwhile from another thread into
-    the same file lands between them: a progress event was seen glued to Ray Data's next log line. Line-buffered,
-    a line still goes out the moment it ends."""
+def as_driver() -> None:
+    """This process runs as a job's driver, before Ray's first import:
+    - each line it prints reaches its log in one write. Unbuffered (PYTHONUNBUFFERED: `ray job submit` sets it),
+      print() writes a line and its newline apart, and a line Ray logs meanwhile from another thread into the same
+      file lands between them: a progress event was seen glued to Ray Data's next log line. Line-buffered, a line
+      still goes out the moment it ends.
+    - it never connects to Ray but through start_ray. Once Ray is shut down at exit (after a stall, say), Ray
+      Data's executor thread still runs, and its next Ray call would connect again on its own: seen joining the
+      cluster as a new job, and where no cluster is named it would start a local instance."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=False)
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # read once, when ray is first imported
 
 
 def parse_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
@@ -258,10 +263,14 @@ def run(cfg, job: Job, fresh: bool = False, keep: tuple[str, ...] = (), build_ar
 
 
 def waiting(cfg, job: Job) -> str:
-    """What a stalled run waits for: an actor no alive node can host (resources lost and not replaced), actors
-    Ray has not placed yet, or a stage that stopped moving."""
+    """What a stalled run waits for: an actor no alive node can host (resources lost and not replaced), this
+    job's actors not ready (waiting for a node, starting, restarting), or, every actor ready, the tasks that
+    have not finished (a stage that stopped moving)."""
+    import collections
+
     import ray
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_tasks
+    from ray.util.state.exception import ServerUnavailable
 
     needs = [("the decode actors", {"CPU": cfg.decode.num_cpus})]
     if job.generates:
@@ -273,11 +282,31 @@ def waiting(cfg, job: Job) -> str:
         need = {k: v for k, v in need.items() if v}
         if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
             return f"no node can host {what} ({', '.join(f'{v:g} {k}' for k, v in need.items())})"
-    pending = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "PENDING_CREATION")],
-                          raise_on_missing_output=False)
-    if pending:
-        return f"{len(pending)} actors wait to be placed ({pending[0].class_name}, ...)"
-    return "every actor is placed, but no stage hands rows on (a hung engine, store or node?)"
+
+    def tally(names) -> str:
+        return ", ".join(f"{n} x {name}" for name, n in collections.Counter(names).most_common(6))
+
+    ctx = ray.get_runtime_context()
+    mine = [("job_id", "=", ctx.get_job_id())]
+    try:
+        actors = list_actors(address=ctx.gcs_address, filters=[*mine, ("state", "!=", "ALIVE"), ("state", "!=", "DEAD")],
+                             raise_on_missing_output=False)
+        tasks = [] if actors else list_tasks(address=ctx.gcs_address, raise_on_missing_output=False,
+                                             filters=[*mine, ("state", "!=", "FINISHED"), ("state", "!=", "FAILED")])
+    except ServerUnavailable:
+        return "its actors' states unknown (Ray's state API answers through the dashboard, which this cluster lacks)"
+    if actors:
+        # An actor is PENDING_CREATION until its constructor returns (an engine's whole start): with a worker
+        # process (pid) it is starting, without one no node has its resources free yet.
+        return "actors not ready: " + tally(f"{a.class_name} " + ("starting" if a.state == "PENDING_CREATION" and a.pid
+                                                                    else STATES.get(a.state, a.state)) for a in actors)
+    return ("every actor is ready, but no stage hands rows on (a hung engine, store or node?); tasks not finished: "
+            + (tally(f"{t.name} {t.state}" for t in tasks) or "none"))
+
+
+# Ray's actor states short of ALIVE, as a stalled run reports them.
+STATES = {"PENDING_CREATION": "waiting for a node", "DEPENDENCIES_UNREADY": "waiting for its arguments",
+          "RESTARTING": "restarting"}
 
 
 def checks(ds, cfg, column: str, sample_rate: int | None, rules: dict, scored: bool = False, whole: bool = False):
@@ -475,7 +504,7 @@ def stop(e: Exception) -> int:
 
 
 def main(job: Job, doc: str, argv: list[str] | None = None) -> int:
-    whole_lines()
+    as_driver()
     args = parse_args(argv, doc)
     try:
         cfg = config_mod.load(args.config, args.overrides, input=args.input, output=args.output)
