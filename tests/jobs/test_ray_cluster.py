@@ -175,7 +175,7 @@ def test_a_lost_node_replaced_goes_on_not_replaced_stops_then_resumes_on_a_new_n
         assert 0 < committed < n
         cluster.add_node(num_cpus=4)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        said = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith(("plan:", "stalled:"))]
+        said = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith(("plan:", "event:", "stalled:"))]
         assert proc.returncode == 0, "\n".join(said) + "\n" + proc.stderr[-2000:]
         assert f"rows in {n}  rows out {n}" in proc.stdout and f"resumed {committed}" in proc.stdout
     finally:
