@@ -64,9 +64,10 @@ def source(uri: str, data: bytes | None, whole_bytes: int):
         local = "file" in (of.fs.protocol if isinstance(of.fs.protocol, tuple) else (of.fs.protocol,))
         # A named pipe or a device is no clip: opened, a pipe waits for a writer forever, and the run with it.
         kind = of.fs.info(of.path)["type"] if local else "file"
+        if kind == "directory":
+            raise IsADirectoryError(uri)
         if kind != "file":
-            raise DecodeError("missing", uri, "is a directory, not a file" if kind == "directory" else
-                              "is a named pipe, socket or device, not a regular file")
+            raise DecodeError("missing", uri, "is a named pipe, socket or device, not a regular file")
         f = of.open()
         size = f.size if getattr(f, "size", None) is not None else f.fs.size(f.path)
     except FileNotFoundError as e:
@@ -76,6 +77,8 @@ def source(uri: str, data: bytes | None, whole_bytes: int):
         raise DecodeError("missing", uri, "no such file") from None
     except PermissionError as e:
         raise DecodeError("permission", uri, f"permission denied ({e.strerror or e})") from None
+    except IsADirectoryError:
+        raise DecodeError("missing", uri, "is a directory, not a file") from None
     except (OSError, ValueError, ImportError) as e:  # network, unknown protocol, protocol without its library
         raise DecodeError("unreachable", uri, f"{type(e).__name__}: {e}") from None
     try:
