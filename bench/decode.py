@@ -1,6 +1,7 @@
 """Decode throughput: our decode stage's loader (fsspec + soundfile + soxr + mono) vs librosa.load(sr=16000),
 DataFlow-MM's way, on the same files, one process, measured side by side in one run.
 
+    pip install -e '.[bench]'   # librosa: `make setup` leaves it out (docs/bench.md)
     python bench/decode.py [--seconds 5 30] [--repeat 3]
 
 Prints audio-seconds decoded per CPU-second for each, per format, and the ratios.

@@ -42,27 +42,39 @@ def pytest_sessionfinish(exitstatus):
 
 # The modules that read the session's caption run: one lane takes them all, so that it runs once.
 CAPTION_RUN_READERS = {f"tests/jobs/test_{m}.py" for m in ("aqa", "caption", "export", "report")}
+# Seconds a lane spent on each unit (a module, or the caption run's readers together) in a full two-lane run
+# (`--durations`, 2026-12-03); what is not here takes a few seconds. Longest first: a lane that finishes a unit
+# takes the longest left, so that the last to start are short and the lanes end together. In the order they were
+# collected (the cluster's first, as it is the longest), the 4-minute transcription module came last and one lane
+# idled for up to 100 s at the end.
+SECONDS = {"tests/jobs/test_ray_cluster.py": 790, "caption run": 500, "tests/jobs/test_night.py": 340,
+           "tests/jobs/test_rewrite.py": 295, "tests/jobs/test_runner.py": 240, "tests/jobs/test_transcribe.py": 220,
+           "tests/jobs/test_quality.py": 110, "tests/jobs/test_fanout.py": 100, "tests/jobs/test_bad_inputs.py": 95,
+           "tests/operators/test_storage.py": 65, "tests/jobs/test_dedup.py": 65}
+
+
+def unit(nodeid: str) -> str:
+    """The unit a lane takes whole (a module's fixtures run once): its module, the caption run's readers together."""
+    module = nodeid.split("::", 1)[0]
+    return "caption run" if module in CAPTION_RUN_READERS else module
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """A lane takes whole modules (a module's fixtures run once), the caption run's readers together. (xdist's
-    own loadgroup cannot group them: with pytest 9.2 it silently distributes test by test, pytest-xdist#1386.)"""
+    """A lane takes whole units (tests/conftest.py's `unit`). (xdist's own loadgroup cannot group the caption run's
+    readers: with pytest 9.2 it silently distributes test by test, pytest-xdist#1386.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "caption run" if module in CAPTION_RUN_READERS else module
+            return unit(nodeid)
 
     return Lanes(config, log)
 
 
 def pytest_collection_modifyitems(items):
-    """The jobs' modules first, the cluster's (minutes of waiting for a node) first of all: the operators' quick
-    ones fill the end, so that the lanes end together (`make test` keeps this order: --no-loadscope-reorder)."""
-    items.sort(key=lambda item: (not item.nodeid.startswith("tests/jobs/"),
-                                 not item.nodeid.startswith("tests/jobs/test_ray_cluster.py")))
+    """The units longest first (`SECONDS`); `make test` hands them out in this order (--no-loadscope-reorder)."""
+    items.sort(key=lambda item: -SECONDS.get(unit(item.nodeid), 0))
 
 
 @pytest.fixture(scope="session")
